@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv and install
+# everything they need on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FEDSEG := $(VENV)/bin/fedseg
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast jobs bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all]'
+	touch $(STAMP)
+
+## demo: synthesize spleen phantoms, split them over 2 sites and train FedAvg in the NVFlare simulator
+demo: $(STAMP)
+	$(FEDSEG) simulate --task spleen --sites 2
+
+## test: the whole suite, end-to-end runs (simulator, Ray, POC) included
+test: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow"
+
+## test-fast: the default suite only (a few minutes on CPU)
+test-fast: $(STAMP)
+	$(PY) -m pytest
+
+## jobs: regenerate the committed NVFlare job folders
+jobs: $(STAMP)
+	$(FEDSEG) jobs export --out jobs
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

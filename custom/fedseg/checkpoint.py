@@ -1,0 +1,88 @@
+"""Model files: written with their task, read back safely and checked against the task's network.
+
+Files are always read with ``torch.load(weights_only=True)``: a model file can carry tensors and
+plain containers, never code. Accepted layouts: fedseg's own ``{"state_dict", "task", ...}``,
+NVFlare's persistor files (``{"model": state_dict, ...}``, e.g. ``FL_global_model.pt``), and a
+bare state dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from fedseg.errors import CheckpointError
+from fedseg.networks import build_network
+from fedseg.tasks.spec import TaskSpec
+
+
+def save_model(path: Path, weights: Mapping[str, torch.Tensor], spec: TaskSpec, **info) -> Path:
+    """Save weights with the task, variant and class names they belong to (plus any plain ``info``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in weights.items()}, "task": spec.name,
+               "variant": spec.variant_name, "labels": list(spec.labels), **info}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a truncated model behind
+    return path
+
+
+def read_model_file(path: Path) -> dict:
+    """Load a model file safely; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        raise CheckpointError(f"{path}: not a loadable weights-only model file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"{path}: expected a mapping of weights, found {type(payload).__name__}")
+    return dict(payload)
+
+
+def extract_state_dict(payload: Mapping, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if key in payload and isinstance(payload[key], Mapping):
+            payload = payload[key]
+            break
+    state = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{path}: holds no tensors (keys: {sorted(payload)[:8]})")
+    return state
+
+
+def check_fits(state: Mapping[str, torch.Tensor], spec: TaskSpec, path: Path) -> None:
+    """Refuse weights whose keys or shapes do not match the task's network, listing every mismatch."""
+    expected = {k: tuple(v.shape) for k, v in build_network(spec).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"missing {k} {expected[k]}" for k in expected if k not in got]
+    problems += [f"unexpected {k} {got[k]}" for k in got if k not in expected]
+    problems += [f"{k}: shape {got[k]} but the network needs {expected[k]}"
+                 for k in expected if k in got and got[k] != expected[k]]
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise CheckpointError(
+            f"{path}: does not fit task {spec.name!r} ({spec.variant_name} variant); {len(problems)} mismatch(es):\n  "
+            + "\n  ".join(shown)
+        )
+
+
+def load_model(path: Path, spec: TaskSpec) -> dict[str, torch.Tensor]:
+    """Read weights for ``spec`` from any accepted layout, refusing files that do not fit it."""
+    payload = read_model_file(path)
+    if "task" in payload and payload["task"] != spec.name:
+        raise CheckpointError(f"{path}: trained for task {payload['task']!r}, not {spec.name!r}")
+    state = extract_state_dict(payload, Path(path))
+    check_fits(state, spec, Path(path))
+    return state
+
+
+def model_variant(path: Path) -> str | None:
+    """The variant recorded in a fedseg model file, if it records one."""
+    payload = read_model_file(path)
+    variant = payload.get("variant")
+    return variant if isinstance(variant, str) else None

@@ -1,0 +1,250 @@
+"""The ``fedseg`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fedseg.errors import CheckpointError, FedsegError
+from fedseg.tasks import VARIANTS, get_task, task_names
+
+log = logging.getLogger("fedseg")
+
+
+def _task_args(p: argparse.ArgumentParser, variant_default: str | None = "full") -> None:
+    p.add_argument("--task", required=True, choices=task_names())
+    p.add_argument("--variant", default=variant_default, choices=VARIANTS,
+                   help="full: the card's recipe; tiny: small patches and channels for CPU")
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="override the site's device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the site's num_threads)")
+
+
+# data -------------------------------------------------------------------------------------------
+def cmd_data_synth(a) -> int:
+    from fedseg.data.synth import synthesize
+
+    info = synthesize(a.task, Path(a.out), a.cases, seed=a.seed, workers=a.workers)
+    print(f"wrote {info.num_training} {a.task} phantoms to {a.out} (labels: {', '.join(info.labels)})")
+    return 0
+
+
+def cmd_data_split(a) -> int:
+    from fedseg.data.split import split_dataset
+
+    shares = [float(x) for x in a.shares.split(",")] if a.shares else None
+    written = split_dataset(Path(a.dataset), a.sites, Path(a.out), seed=a.seed, shares=shares)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_data_check(a) -> int:
+    from fedseg.data.checks import check_data
+    from fedseg.site_config import load_site_config
+
+    spec = get_task(a.task, a.variant)
+    site = load_site_config(Path(a.site_config))
+    task_data = site.task_data(spec.name)
+    _, _, report = check_data(spec, task_data.data_root, task_data.datalist)
+    if report.problems:
+        print(report.render())
+    print(f"site {site.site}, task {spec.name}: {report.summary()}")
+    return 1 if report.fatal else 0
+
+
+# train / infer ----------------------------------------------------------------------------------
+def cmd_train(a) -> int:
+    from fedseg.engine import Runtime
+    from fedseg.runners.local import run_local
+    from fedseg.site_config import load_site_config
+
+    spec = get_task(a.task, a.variant, a.optimizer)
+    paths = a.pooled or ([a.site_config] if a.site_config else [])
+    if not paths:
+        raise FedsegError("give --site-config SITE.yaml (one site) or --pooled SITE.yaml ... (centralized)")
+    sites = [load_site_config(Path(p)) for p in paths]
+    mode = "pooled" if a.pooled else sites[0].site
+    out = Path(a.out or f"runs/{spec.name}_{mode}")
+    if a.backend == "ray":
+        from fedseg.ray.runner import run_ray
+
+        result = run_ray(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, workers=a.workers,
+                         gpus_per_worker=a.gpus_per_worker, address=a.address, resume=a.resume)
+    else:
+        runtime = Runtime.for_site(sites[0], device=a.device, num_threads=a.threads)
+        result = run_local(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, runtime=runtime)
+    print(result.table())
+    print(f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}; "
+          f"wall time {result.wall_time_s:.0f} s; results in {out / 'results.json'}")
+    return 0
+
+
+def detect_variant(task: str, model: Path) -> str:
+    """The variant a model file fits: recorded in fedseg files, found by shape for others."""
+    from fedseg.checkpoint import load_model, model_variant
+
+    recorded = model_variant(model)
+    if recorded:
+        return recorded
+    for variant in VARIANTS:
+        try:
+            load_model(model, get_task(task, variant))
+            return variant
+        except CheckpointError:
+            continue
+    raise CheckpointError(f"{model}: fits neither variant of task {task!r} ({', '.join(VARIANTS)})")
+
+
+def cmd_infer(a) -> int:
+    from fedseg.engine import Runtime
+    from fedseg.infer import Predictor
+
+    variant = a.variant or detect_variant(a.task, Path(a.model))
+    spec = get_task(a.task, variant)
+    predictor = Predictor(spec, Path(a.model), Runtime.create(a.device or "auto", num_threads=a.threads))
+    out = predictor.segment(Path(a.image), Path(a.out))
+    print(f"wrote {out}")
+    return 0
+
+
+# jobs / simulate --------------------------------------------------------------------------------
+def cmd_jobs_export(a) -> int:
+    from fedseg.flare.jobs import COMMITTED, JobSpec, export_job
+
+    if a.task:
+        jobs = (JobSpec(a.task, variant=a.variant or "tiny").with_overrides(
+            num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients),)
+    else:
+        jobs = tuple(j.with_overrides(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs,
+                                      min_clients=a.min_clients) for j in COMMITTED)
+    for job in jobs:
+        print(f"exported {export_job(job, Path(a.out))}")
+    return 0
+
+
+def cmd_simulate(a) -> int:
+    import json
+
+    from fedseg.flare.jobs import JobSpec, committed_job
+    from fedseg.flare.simulate import simulate
+
+    job_dir = None
+    if a.job:
+        job_dir = Path(a.job)
+        meta = job_dir / "meta.json"
+        if not meta.is_file():
+            raise FedsegError(f"{job_dir}: not a job folder (no meta.json)")
+        job = committed_job(json.loads(meta.read_text())["name"])
+    else:
+        job = JobSpec(a.task or "spleen")
+    overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites))
+    if overridden != job:
+        job, job_dir = overridden, None  # re-export with the overrides instead of editing the folder
+    data_dir = Path(a.data or f"data/{job.task}")
+    run_dir = Path(a.run_dir or f"runs/{job.name}")
+    result = simulate(job, n_sites=a.sites, data_dir=data_dir, run_dir=run_dir, cases=a.cases, seed=a.seed,
+                      job_dir=job_dir)
+    print()
+    print(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local epochs "
+          f"({job.variant} variant); Dice on each site's test cases:")
+    print(result.table())
+    print(f"best round: {result.best_round}; wall time {result.wall_time_s:.0f} s "
+          f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedseg", description="Federated 3D segmentation on NVFlare and MONAI")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="phantoms, splits and checks").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write an MSD-layout dataset of synthetic phantoms")
+    p.add_argument("--task", required=True, choices=task_names())
+    p.add_argument("--out", required=True)
+    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes drawing phantoms in parallel")
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("split", help="write one Decathlon datalist per site and a pooled site-All list")
+    p.add_argument("--dataset", required=True, help="dataset root holding dataset.json")
+    p.add_argument("--sites", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shares", default=None, help="relative site sizes, e.g. 1,2 (default: equal)")
+    p.set_defaults(func=cmd_data_split)
+    p = data.add_parser("check", help="check every file a site lists for a task; all problems at once")
+    _task_args(p)
+    p.add_argument("--site-config", required=True)
+    p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("train", help="train one site alone, or all sites pooled (centralized baseline)")
+    _task_args(p)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--site-config", help="the site's YAML (single-site training)")
+    group.add_argument("--pooled", nargs="+", metavar="SITE_YAML", help="several sites' YAMLs, training cases pooled")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=5)
+    p.add_argument("--optimizer", default=None, help="one of the task's optimizer choices")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (default runs/<task>_<site|pooled>)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers (with --backend ray)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--address", default=None, help="Ray cluster address (ray://host:port or auto)")
+    p.add_argument("--resume", default=None, help="continue a stopped Ray run from its run folder")
+    _runtime_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("infer", help="segment a volume; the mask is written on the input's grid")
+    _task_args(p, variant_default=None)
+    p.add_argument("--model", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True)
+    _runtime_args(p)
+    p.set_defaults(func=cmd_infer)
+
+    jobs = sub.add_parser("jobs", help="NVFlare job folders").add_subparsers(dest="jobs_command", required=True)
+    p = jobs.add_parser("export", help="(re)generate job folders; with no --task, the committed jobs/")
+    p.add_argument("--out", default="jobs")
+    p.add_argument("--task", default=None, choices=task_names())
+    p.add_argument("--variant", default=None, choices=VARIANTS)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--local-epochs", type=int, default=None)
+    p.add_argument("--min-clients", type=int, default=None)
+    p.set_defaults(func=cmd_jobs_export)
+
+    p = sub.add_parser("simulate", help="synth + split + nvflare simulator + results table")
+    p.add_argument("--job", default=None, help="a job folder (default: generated for --task)")
+    p.add_argument("--task", default=None, choices=task_names())
+    p.add_argument("--sites", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--local-epochs", type=int, default=None)
+    p.add_argument("--cases", type=int, default=30, help="phantoms to synthesize if the dataset is missing")
+    p.add_argument("--data", default=None, help="dataset folder (default data/<task>)")
+    p.add_argument("--run-dir", default=None, help="default runs/<job name>")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except (FedsegError, ValueError) as exc:
+        if args.verbose:
+            raise
+        print(f"fedseg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

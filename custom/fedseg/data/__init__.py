@@ -1,0 +1,1 @@
+"""Datasets: MSD layouts, datalists, phantoms, splits and checks."""

@@ -1,0 +1,1 @@
+"""Synthetic phantoms that look like the scans the tasks are trained on."""

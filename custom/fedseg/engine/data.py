@@ -1,0 +1,46 @@
+"""Datasets and loaders: deterministic preprocessing cached once, random crops drawn per epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from monai.data import CacheDataset, ThreadDataLoader
+
+from fedseg.engine.runtime import Runtime
+from fedseg.tasks.spec import TaskSpec
+from fedseg.transforms import eval_transforms, train_transforms
+
+
+@dataclass
+class TrainData:
+    loader: ThreadDataLoader
+    n_cases: int
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.loader)
+
+
+@dataclass
+class EvalData:
+    dataset: CacheDataset
+    n_cases: int
+
+
+def _cache(items, transform, runtime: Runtime) -> CacheDataset:
+    return CacheDataset(items, transform, cache_rate=runtime.cache_rate, num_workers=max(1, runtime.num_workers),
+                        progress=False, copy_cache=False)
+
+
+def make_train_data(spec: TaskSpec, items: list[dict], runtime: Runtime, seed: int) -> TrainData:
+    """A loader yielding ``batch_size * num_samples`` patches per step, shuffled reproducibly from ``seed``."""
+    dataset = _cache(items, train_transforms(spec, seed), runtime)
+    generator = torch.Generator().manual_seed(seed)
+    loader = ThreadDataLoader(dataset, batch_size=min(spec.batch_size, len(items)), shuffle=True,
+                              num_workers=runtime.num_workers, generator=generator)
+    return TrainData(loader, len(items))
+
+
+def make_eval_data(spec: TaskSpec, items: list[dict], runtime: Runtime) -> EvalData:
+    return EvalData(_cache(items, eval_transforms(spec), runtime), len(items))

@@ -1,0 +1,154 @@
+"""The training and evaluation engine shared by every runner (NVFlare client, Ray, local).
+
+It imports neither nvflare nor ray: runners hand it weights and data and get weights and
+metrics back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from fedseg.engine.components import build_loss, build_optimizer
+from fedseg.engine.data import EvalData, TrainData, make_eval_data, make_train_data
+from fedseg.engine.metrics import DiceScores, case_dice
+from fedseg.engine.runtime import Runtime, seed_everything
+from fedseg.errors import NonFiniteLossError
+from fedseg.networks import build_network
+from fedseg.progress import Progress
+from fedseg.tasks.spec import TaskSpec
+from fedseg.transforms import seed_from
+
+log = logging.getLogger("fedseg")
+
+
+@dataclass
+class TrainResult:
+    """What one call to :meth:`SegmentationEngine.train` produced."""
+
+    weights: dict[str, torch.Tensor]
+    n_samples: int  # training cases: the weight of this update in FedAvg
+    iterations: int
+    epoch_losses: list[float] = field(default_factory=list)
+    learning_rate: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        return self.epoch_losses[-1] if self.epoch_losses else float("nan")
+
+
+def to_state_dict(weights: Mapping) -> dict[str, torch.Tensor]:
+    """Accept tensors or NumPy arrays (as NVFlare may deliver them)."""
+    return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in weights.items()}
+
+
+class SegmentationEngine:
+    """Trains and scores one task's network on one device; holds model and optimizer across calls."""
+
+    def __init__(self, spec: TaskSpec, runtime: Runtime, *, class_names: tuple[str, ...] | None = None,
+                 seed: int = 0):
+        if class_names is not None and len(class_names) != spec.num_classes:
+            raise ValueError(f"task {spec.name!r} has {spec.num_classes} classes, got names {class_names}")
+        self.spec, self.runtime, self.seed = spec, runtime, seed
+        self.class_names = tuple(class_names or spec.labels)
+        seed_everything(seed)
+        self.model = build_network(spec).to(runtime.device)
+        self.optimizer = build_optimizer(spec, self.model.parameters())
+        self.loss_fn = build_loss(spec)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp)
+        self._data_seeds = 0
+
+    # Data -----------------------------------------------------------------------------------------
+    def train_data(self, items: list[dict]) -> TrainData:
+        self._data_seeds += 1
+        return make_train_data(self.spec, items, self.runtime, seed_from(self.seed, self._data_seeds))
+
+    def eval_data(self, items: list[dict]) -> EvalData:
+        return make_eval_data(self.spec, items, self.runtime)
+
+    # Weights --------------------------------------------------------------------------------------
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def set_weights(self, weights: Mapping) -> None:
+        self.model.load_state_dict(to_state_dict(weights), strict=True)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.runtime.amp else contextlib.nullcontext()
+
+    # Training -------------------------------------------------------------------------------------
+    def train(self, data: TrainData, *, epochs: int | None = None, iterations: int | None = None,
+              weights: Mapping | None = None, label: str = "train") -> TrainResult:
+        """Train from ``weights`` (or the current ones) for ``epochs`` passes or ``iterations`` steps.
+
+        Raises :class:`NonFiniteLossError` on a NaN or infinite loss; the weights are then unusable.
+        """
+        if (epochs is None) == (iterations is None):
+            raise ValueError("give exactly one of epochs or iterations")
+        if weights is not None:
+            self.set_weights(weights)
+        per_epoch = data.batches_per_epoch
+        total = iterations if iterations is not None else epochs * per_epoch
+        n_epochs = math.ceil(total / per_epoch)
+        device = self.runtime.device
+        progress = Progress(label, total)
+        self.model.train()
+        step, losses = 0, []
+        for epoch in range(n_epochs):
+            running, count = 0.0, 0
+            for batch in data.loader:
+                x = batch["image"].to(device, non_blocking=True)
+                y = batch["label"].to(device, non_blocking=True)
+                self.optimizer.zero_grad(set_to_none=True)
+                with self._autocast():
+                    loss = self.loss_fn(self.model(x), y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(epoch, step, value)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                running, count, step = running + value, count + 1, step + 1
+                progress.update(step, loss=value)
+                if step >= total:
+                    break
+            losses.append(running / max(count, 1))
+            if step >= total:
+                break
+        return TrainResult(self.get_weights(), data.n_cases, step, losses, self.optimizer.param_groups[0]["lr"])
+
+    # Inference and evaluation ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Sliding-window logits for one preprocessed image of shape (C, *spatial)."""
+        self.model.eval()
+        spec = self.spec
+        with self._autocast():
+            logits = sliding_window_inference(
+                image.unsqueeze(0).to(self.runtime.device), roi_size=spec.sw_roi, sw_batch_size=spec.sw_batch_size,
+                predictor=self.model, overlap=spec.sw_overlap, mode="gaussian",
+            )
+        return logits[0].float()
+
+    def evaluate(self, data: EvalData, *, weights: Mapping | None = None, label: str = "evaluate") -> DiceScores:
+        """Dice per foreground class for every case of ``data``."""
+        if weights is not None:
+            self.set_weights(weights)
+        scores = DiceScores(self.class_names[1:])
+        progress = Progress(label, data.n_cases)
+        for i in range(len(data.dataset)):
+            item = data.dataset[i]
+            pred = self.predict_logits(item["image"]).argmax(0, keepdim=True)
+            label_map = item["label"].to(pred.device)
+            scores.per_case.append(
+                case_dice(pred.unsqueeze(0), label_map.unsqueeze(0), self.spec.num_classes, self.spec.empty_class_dice)
+            )
+            progress.update(i + 1)
+        return scores

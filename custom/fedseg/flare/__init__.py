@@ -1,0 +1,1 @@
+"""NVFlare integration: the Client API client, job generation and simulator orchestration."""

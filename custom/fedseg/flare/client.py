@@ -1,0 +1,111 @@
+"""The NVFlare Client API loop that every fedseg job runs at every site.
+
+Each training round the site (1) scores the received global model on its validation cases, so
+the server can keep the best global model by ``val_dice``, (2) trains on it for the job's local
+epochs, and (3) returns the new weights weighted by its number of training cases. Cross-site
+evaluation tasks score a model on the site's test cases; submit-model tasks return the site's
+last local model. Only numbers leave the site: metrics are named after classes, never cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import zlib
+from pathlib import Path
+
+import nvflare.client as flare
+
+from fedseg.checkpoint import save_model
+from fedseg.engine import Runtime
+from fedseg.errors import ConfigError, FedsegError
+from fedseg.runners.site import make_site_trainer
+from fedseg.site_config import find_site_config, load_site_config
+from fedseg.site_data import open_site_data
+from fedseg.tasks import VARIANTS, get_task, task_names
+from fedseg.transforms import seed_from
+
+log = logging.getLogger("fedseg")
+
+# FedAvg weighs each update by this meta entry (see the FedAvg controller).
+NUM_STEPS = "NUM_STEPS_CURRENT_ROUND"
+
+
+class SiteFailure(RuntimeError):
+    """Raised to end a site's part; its message is safe to leave the site (no file names)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fedseg_client", description=__doc__)
+    p.add_argument("--task", required=True, choices=task_names())
+    p.add_argument("--variant", default="full", choices=VARIANTS)
+    p.add_argument("--optimizer", default=None, help="one of the task's optimizer choices (default: the card's)")
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _open_site(site: str, args: argparse.Namespace):
+    """Load the site's YAML and check its data; on failure log details here, raise a summary."""
+    spec = get_task(args.task, args.variant, args.optimizer)
+    try:
+        cfg = load_site_config(find_site_config(site))
+        if cfg.site != site:
+            raise ConfigError(f"{cfg.path} is written for site {cfg.site!r}, but this client is {site!r}")
+        runtime = Runtime.for_site(cfg)
+        data = open_site_data(spec, cfg, strict=False)
+    except FedsegError as exc:
+        log.error("fedseg %s cannot start:\n%s", site, exc)
+        raise SiteFailure(f"site {site}: {type(exc).__name__} in the site configuration; see the site's own log") from None
+    if data.report.fatal:
+        log.error("fedseg %s: data check failed:\n%s", site, data.report.render())
+        raise SiteFailure(f"site {site}: data check failed: {data.report.summary()}")
+    log.info("fedseg %s: data check passed (%s); task %s/%s on %s", site, data.report.summary(), spec.name,
+             spec.variant_name, runtime.device)
+    return spec, data, runtime
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    flare.init()
+    site = flare.get_site_name()
+    spec, data, runtime = _open_site(site, args)
+    trainer = make_site_trainer(data, runtime, seed=seed_from(args.seed, zlib.crc32(site.encode())))
+    out = Path.cwd() / "fedseg"
+    local_model = out / f"{spec.name}_local_model.pt"
+    history = out / f"{spec.name}_rounds.jsonl"
+    last_weights = None
+    try:
+        while flare.is_running():
+            model = flare.receive()
+            if flare.is_submit_model():
+                if last_weights is None:
+                    raise SiteFailure(f"site {site}: asked for its local model before training any round")
+                flare.send(flare.FLModel(params=last_weights))
+                continue
+            if flare.is_evaluate():
+                scores = trainer.evaluate(model.params, "test")
+                log.info("fedseg %s: cross-site test Dice %.4f on %d case(s)", site, scores.mean, scores.n_cases)
+                flare.send(flare.FLModel(metrics=scores.as_metrics("test")))
+                continue
+            start = time.perf_counter()
+            val = trainer.evaluate(model.params, "validation")
+            result = trainer.train(model.params, args.local_epochs)
+            last_weights = result.weights
+            save_model(local_model, result.weights, spec, round=model.current_round)
+            metrics = {**val.as_metrics("val"), "train_loss": result.final_loss, "learning_rate": result.learning_rate}
+            with history.open("a") as fh:
+                fh.write(json.dumps({"round": model.current_round, "seconds": round(time.perf_counter() - start, 2),
+                                     **metrics}) + "\n")
+            log.info("fedseg %s round %s: global model val_dice %.4f; trained %d iteration(s), loss %.4f",
+                     site, model.current_round, val.mean, result.iterations, result.final_loss)
+            flare.send(flare.FLModel(params=result.weights, metrics=metrics,
+                                     meta={NUM_STEPS: result.n_samples}))
+    finally:
+        trainer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Read a finished NVFlare job's server workspace: cross-site matrix, per-round metrics, best round."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedseg.errors import FedsegError
+from fedseg.results import SiteScore, with_pooled
+
+FINAL_MODEL = "SRV_FL_global_model.pt"
+BEST_MODEL = "SRV_best_FL_global_model.pt"
+
+
+@dataclass
+class JobResults:
+    job_dir: Path
+    cross_site: dict[str, dict[str, dict]]  # evaluating site -> model -> metrics
+    rounds: list[dict]
+    best_round: int | None
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.cross_site)
+
+    def model_names(self) -> list[str]:
+        names: list[str] = []
+        for per_model in self.cross_site.values():
+            names += [m for m in per_model if m not in names]
+        return names
+
+    def scores(self, model: str, class_names: tuple[str, ...]) -> dict[str, SiteScore]:
+        """One model's test scores on every site, plus the pooled figure."""
+        by_site = {site: SiteScore.from_metrics(self.cross_site[site][model], "test", class_names)
+                   for site in self.sites if model in self.cross_site[site]}
+        return with_pooled(by_site)
+
+    def missing(self) -> list[str]:
+        """Cells absent from the cross-site matrix (every site should score every model)."""
+        models = self.model_names()
+        return [f"{site} x {m}" for site in self.sites for m in models if m not in self.cross_site[site]]
+
+
+def find_server_job_dir(path: Path) -> Path:
+    """Accept a simulator workspace, a server workspace, or the job folder itself."""
+    path = Path(path)
+    candidates = [path, path / "server" / "simulate_job", path / "simulate_job"]
+    candidates += sorted(path.glob("server/*/")) + sorted(path.glob("*/"))
+    for c in candidates:
+        if (c / "cross_site_val" / "cross_val_results.json").is_file():
+            return c
+    raise FedsegError(f"{path}: no finished job found (looked for cross_site_val/cross_val_results.json)")
+
+
+def read_job_results(path: Path) -> JobResults:
+    job_dir = find_server_job_dir(path)
+    cross = json.loads((job_dir / "cross_site_val" / "cross_val_results.json").read_text())
+    rounds = []
+    rounds_file = job_dir / "metrics" / "round_metrics.jsonl"
+    if rounds_file.is_file():
+        rounds = [json.loads(line) for line in rounds_file.read_text().splitlines() if line.strip()]
+    best = None
+    summary = job_dir / "metrics" / "metrics_summary.json"
+    if summary.is_file():
+        best = json.loads(summary.read_text()).get("best_round")
+    return JobResults(job_dir, cross, rounds, best)

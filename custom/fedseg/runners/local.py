@@ -1,0 +1,94 @@
+"""Single-site and centralized (pooled) training without NVFlare.
+
+Both train one engine on the training cases of the given sites (one site: that site alone;
+several: their union, the centralized baseline), select the best epoch on the pooled validation
+cases, and score the final and best models on each site's own test cases, so the figures sit
+next to the federated run's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedseg.checkpoint import load_model, save_model
+from fedseg.engine import Runtime, SegmentationEngine
+from fedseg.results import SiteScore, models_to_json, render_table, with_pooled, write_json
+from fedseg.site_config import SiteConfig
+from fedseg.site_data import SiteData, open_site_data
+from fedseg.tasks.spec import TaskSpec
+
+log = logging.getLogger("fedseg")
+
+
+@dataclass
+class LocalRunResult:
+    models: dict[str, dict[str, SiteScore]]
+    best_epoch: int
+    best_val_dice: float
+    class_names: tuple[str, ...]
+    wall_time_s: float
+    out_dir: Path
+
+    def table(self) -> str:
+        return render_table(self.models, self.class_names[1:])
+
+
+def check_same_classes(sites: list[SiteData]) -> tuple[str, ...]:
+    names = {s.class_names for s in sites}
+    if len(names) > 1:
+        raise ValueError(f"sites disagree on class names {sorted(names)}; their dataset.json files must match")
+    return sites[0].class_names
+
+
+def run_local(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: int, val_every: int = 1,
+              seed: int = 0, runtime: Runtime | None = None) -> LocalRunResult:
+    """Train on the pooled training cases of ``sites``; write models and ``results.json`` to ``out_dir``."""
+    start = time.perf_counter()
+    runtime = runtime or Runtime.for_site(sites[0])
+    data = [open_site_data(spec, s) for s in sites]
+    class_names = check_same_classes(data)
+    engine = SegmentationEngine(spec, runtime, class_names=class_names, seed=seed)
+    train = engine.train_data([it for d in data for it in d.items("training")])
+    val = engine.eval_data([it for d in data for it in d.items("validation")])
+    out_dir = Path(out_dir)
+    best_dice, best_epoch, history = -1.0, 0, []
+    done = 0
+    while done < epochs:
+        chunk = min(val_every, epochs - done)
+        result = engine.train(train, epochs=chunk, label=f"epoch {done + 1}-{done + chunk}/{epochs}")
+        done += chunk
+        scores = engine.evaluate(val, label="validation")
+        history.append({"epoch": done, "train_loss": result.final_loss, **scores.as_metrics("val")})
+        log.info("epoch %d/%d loss %.4f val_dice %.4f", done, epochs, result.final_loss, scores.mean)
+        if scores.mean > best_dice:
+            best_dice, best_epoch = scores.mean, done
+            save_model(out_dir / "best_model.pt", engine.get_weights(), spec, epoch=done, val_dice=scores.mean)
+    final = engine.get_weights()
+    save_model(out_dir / "final_model.pt", final, spec, epoch=done)
+    models = {"final": _score_sites(engine, data, final)}
+    if best_epoch:
+        models[f"best (epoch {best_epoch})"] = _score_sites(engine, data, load_model(out_dir / "best_model.pt", spec))
+    wall = time.perf_counter() - start
+    run = LocalRunResult(models, best_epoch, best_dice, class_names, wall, out_dir)
+    write_json(out_dir / "results.json", {
+        "task": spec.name, "variant": spec.variant_name, "mode": "pooled" if len(sites) > 1 else "single-site",
+        "sites": [s.site for s in sites], "epochs": epochs, "seed": seed, "best_epoch": best_epoch,
+        "classes": list(class_names[1:]), "models": models_to_json(models), "history": _finite(history),
+        "wall_time_s": round(wall, 1),
+    })
+    return run
+
+
+def _score_sites(engine: SegmentationEngine, data: list[SiteData], weights) -> dict[str, SiteScore]:
+    by_site = {}
+    for d in data:
+        test = engine.eval_data(d.items("test"))
+        by_site[d.site.site] = SiteScore.from_scores(engine.evaluate(test, weights=weights, label=f"test {d.site.site}"))
+    return with_pooled(by_site)
+
+
+def _finite(rows: list[dict]) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]

@@ -1,0 +1,197 @@
+"""Typed task specifications.
+
+A :class:`TaskSpec` is the single declaration of a segmentation task: what goes in, what comes
+out, how volumes are preprocessed and augmented, which network, loss and optimizer train it,
+and how sliding-window inference scores it. The engine, the NVFlare client, the Ray runner,
+the job generator and the inference command all read the same object, so a recipe change is
+made in one place.
+
+Every task also declares a ``tiny`` variant: the same recipe with smaller patches, fewer
+channels and a coarser grid, used by the CPU tests and the demo. It is derived from the full
+spec by :meth:`TaskSpec.variant`, never written out twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+IntensityKind = Literal["window", "scale01", "zscore", "shift_scale"]
+LossName = Literal["dice", "dicece"]
+OptimizerName = Literal["novograd", "adam"]
+VARIANTS = ("full", "tiny")
+
+
+@dataclass(frozen=True)
+class IntensitySpec:
+    """How raw intensities become network input.
+
+    ``window``: clip ``[a_min, a_max]`` (e.g. HU) and scale to 0..1.
+    ``scale01``: min-max scale each volume to 0..1.
+    ``zscore``: zero mean, unit std per channel (over non-zero voxels).
+    ``shift_scale``: ``(x - subtrahend) / divisor``.
+    """
+
+    kind: IntensityKind
+    a_min: float = 0.0
+    a_max: float = 1.0
+    subtrahend: float = 0.0
+    divisor: float = 1.0
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Random augmentation applied after the patch crop, each with its own probability."""
+
+    flip_prob: float = 0.0
+    rotate90_prob: float = 0.0
+    shift_offset: float = 0.1
+    shift_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A MONAI ``UNet``: residual units per level and one stride per down-sampling."""
+
+    spatial_dims: int
+    channels: tuple[int, ...]
+    strides: tuple[int, ...]
+    num_res_units: int = 2
+    norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"network needs one stride per down-sampling: {len(self.channels)} channel levels "
+                f"but {len(self.strides)} strides"
+            )
+
+    @property
+    def downsampling(self) -> int:
+        """Total down-sampling factor; patch sizes must be multiples of it."""
+        factor = 1
+        for s in self.strides:
+            factor *= s
+        return factor
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: OptimizerName
+    lr: float
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class SmallVariant:
+    """What the ``tiny`` variant changes; everything else is inherited from the full spec."""
+
+    spacing: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    channel_divisor: int = 2
+    num_samples: int | None = None
+    sw_batch_size: int | None = None
+    optimizer: OptimizerSpec | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One segmentation task, declared once and reused by every runner.
+
+    ``labels`` are the default class names indexed by label value (0 is background); the names
+    actually reported come from the dataset's own ``dataset.json`` (see
+    :func:`fedseg.data.msd.read_dataset_info`), which must have the same number of classes.
+    """
+
+    name: str
+    description: str
+    modality: Literal["CT", "MR"]
+    in_channels: int
+    labels: tuple[str, ...]
+    spacing: tuple[float, ...]
+    intensity: IntensitySpec
+    patch_size: tuple[int, ...]
+    network: NetworkSpec
+    loss: LossName
+    optimizer: OptimizerSpec
+    sw_roi: tuple[int, ...]
+    crop_foreground: bool = True
+    num_samples: int = 4
+    pos_neg_ratio: tuple[float, float] = (1.0, 1.0)
+    batch_size: int = 2
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    optimizer_choices: tuple[OptimizerSpec, ...] = ()
+    amp: bool = True
+    sw_overlap: float = 0.5
+    sw_batch_size: int = 4
+    # What a class absent from both label and prediction scores: "nan" leaves the case out of
+    # that class's mean (MONAI's ignore_empty=True); "one" counts it as a perfect 1.0.
+    empty_class_dice: Literal["nan", "one"] = "nan"
+    # Intensity range a voxel of this modality can plausibly hold (preflight warns outside it).
+    plausible_range: tuple[float, float] = (-1024.0, 3071.0)
+    small: SmallVariant | None = None
+    variant_name: str = "full"
+
+    def __post_init__(self) -> None:
+        dims = self.network.spatial_dims
+        for what, value in (("spacing", self.spacing), ("patch_size", self.patch_size), ("sw_roi", self.sw_roi)):
+            if len(value) != dims:
+                raise ValueError(f"task {self.name!r}: {what} {value} must have {dims} entries")
+        step = self.network.downsampling
+        for what, size in (("patch_size", self.patch_size), ("sw_roi", self.sw_roi)):
+            if any(s % step for s in size):
+                raise ValueError(f"task {self.name!r}: {what} {size} must be multiples of {step}")
+        if len(self.labels) < 2:
+            raise ValueError(f"task {self.name!r}: needs background and at least one class")
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels, background included."""
+        return len(self.labels)
+
+    @property
+    def out_channels(self) -> int:
+        """Network output channels: one per class (softmax over classes)."""
+        return self.num_classes
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.network.spatial_dims
+
+    def variant(self, name: str) -> "TaskSpec":
+        """Return the named variant: ``full`` (this recipe) or ``tiny`` (derived for CPU)."""
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+        if name == self.variant_name:
+            return self
+        if self.variant_name != "full":
+            raise ValueError(f"variants derive from the full spec, not from {self.variant_name!r}")
+        if self.small is None:
+            raise ValueError(f"task {self.name!r} declares no tiny variant")
+        s = self.small
+        net = replace(self.network, channels=tuple(max(4, c // s.channel_divisor) for c in self.network.channels))
+        return replace(
+            self,
+            spacing=s.spacing,
+            patch_size=s.patch_size,
+            sw_roi=s.patch_size,
+            network=net,
+            num_samples=s.num_samples or self.num_samples,
+            sw_batch_size=s.sw_batch_size or self.sw_batch_size,
+            optimizer=s.optimizer or self.optimizer,
+            variant_name=name,
+        )
+
+    def with_optimizer(self, name: str) -> "TaskSpec":
+        """Switch to one of the declared optimizer choices (e.g. the older card's Adam)."""
+        if name == self.optimizer.name:
+            return self
+        for choice in self.optimizer_choices:
+            if choice.name == name:
+                return replace(self, optimizer=choice)
+        allowed = sorted({self.optimizer.name, *(c.name for c in self.optimizer_choices)})
+        raise ValueError(f"task {self.name!r}: optimizer {name!r} not offered; choose one of {', '.join(allowed)}")
+
+    @property
+    def foreground_labels(self) -> tuple[str, ...]:
+        return self.labels[1:]

@@ -1,0 +1,48 @@
+"""Job folders are generated from one place; regenerating them must change nothing."""
+
+import filecmp
+import json
+
+from conftest import REPO
+from fedseg.flare.client import parse_args
+from fedseg.flare.jobs import COMMITTED, export_all
+
+
+def _files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def test_committed_jobs_match_the_generator(tmp_path):
+    export_all(tmp_path)
+    committed = REPO / "jobs"
+    for job in COMMITTED:
+        fresh, old = tmp_path / job.name, committed / job.name
+        assert _files(fresh) == _files(old), f"{job.name}: files differ; run `fedseg jobs export`"
+        for rel in _files(fresh):
+            assert filecmp.cmp(fresh / rel, old / rel, shallow=False), f"{job.name}/{rel} drifted"
+    assert sorted(p.name for p in committed.iterdir() if p.is_dir()) == sorted(j.name for j in COMMITTED)
+
+
+def test_jobs_name_the_task_not_the_network_nor_paths():
+    for job in COMMITTED:
+        root = REPO / "jobs" / job.name
+        server = json.loads((root / "app/config/config_fed_server.json").read_text())
+        client = (root / "app/config/config_fed_client.json").read_text()
+        persistor = next(c for c in server["components"] if c["id"] == "persistor")
+        assert persistor["args"]["model"] == {"path": "fedseg.networks.TaskNetwork",
+                                              "args": {"task": job.task, "variant": job.variant}}
+        text = json.dumps(server) + client
+        assert "channels" not in text and "/work/" not in text and "/tmp/" not in text
+        # The job stays thin: only the client stub is shipped.
+        assert _files(root / "app" / "custom") == [__import__("pathlib").Path("fedseg_client.py")]
+        args = json.loads(client)["executors"][0]["executor"]["args"]["task_script_args"]
+        parsed = parse_args(args.split())
+        assert parsed.task == job.task and parsed.local_epochs == job.local_epochs
+
+
+def test_best_model_is_selected_by_validation_dice():
+    server = json.loads((REPO / "jobs/spleen_fedavg/app/config/config_fed_server.json").read_text())
+    selector = next(c for c in server["components"] if c["path"].endswith("IntimeModelSelector"))
+    assert selector["args"]["key_metric"] == "val_dice"
+    workflows = [w["path"].rsplit(".", 1)[-1] for w in server["workflows"]]
+    assert workflows == ["FedAvg", "CrossSiteModelEval"]
