@@ -53,3 +53,11 @@ def test_patch_must_fit_network_downsampling():
 def test_task_network_matches_spec_network_keys():
     spec = get_task("spleen", "tiny")
     assert TaskNetwork("spleen", "tiny").state_dict().keys() == build_network(spec).state_dict().keys()
+
+
+def test_cosine_schedule_decays_to_the_floor():
+    spec = get_task("spleen")
+    assert spec.lr_at(0.0) == spec.optimizer.lr
+    assert abs(spec.lr_at(1.0) - spec.optimizer.lr * spec.min_lr_fraction) < 1e-12
+    assert spec.lr_at(0.25) > spec.lr_at(0.5) > spec.lr_at(0.75)
+    assert replace(spec, lr_schedule="constant").lr_at(0.9) == spec.optimizer.lr

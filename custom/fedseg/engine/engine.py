@@ -85,9 +85,13 @@ class SegmentationEngine:
 
     # Training -------------------------------------------------------------------------------------
     def train(self, data: TrainData, *, epochs: int | None = None, iterations: int | None = None,
-              weights: Mapping | None = None, label: str = "train") -> TrainResult:
+              weights: Mapping | None = None, progress: tuple[float, float] | None = None,
+              label: str = "train") -> TrainResult:
         """Train from ``weights`` (or the current ones) for ``epochs`` passes or ``iterations`` steps.
 
+        ``progress`` is the part of the whole run this call covers (e.g. round r of R is
+        ``(r/R, (r+1)/R)``); the learning rate follows the spec's schedule across it. Without it
+        the rate stays at the spec's base value.
         Raises :class:`NonFiniteLossError` on a NaN or infinite loss; the weights are then unusable.
         """
         if (epochs is None) == (iterations is None):
@@ -98,7 +102,9 @@ class SegmentationEngine:
         total = iterations if iterations is not None else epochs * per_epoch
         n_epochs = math.ceil(total / per_epoch)
         device = self.runtime.device
-        progress = Progress(label, total)
+        start, end = progress if progress is not None else (0.0, 0.0)
+        schedule = (lambda i: self.spec.lr_at(start + (end - start) * i / total)) if progress else None
+        reporter = Progress(label, total)
         self.model.train()
         step, losses = 0, []
         for epoch in range(n_epochs):
@@ -106,6 +112,8 @@ class SegmentationEngine:
             for batch in data.loader:
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["label"].to(device, non_blocking=True)
+                if schedule is not None:
+                    self._set_lr(schedule(step))
                 self.optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
                     loss = self.loss_fn(self.model(x), y)
@@ -116,13 +124,17 @@ class SegmentationEngine:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 running, count, step = running + value, count + 1, step + 1
-                progress.update(step, loss=value)
+                reporter.update(step, loss=value)
                 if step >= total:
                     break
             losses.append(running / max(count, 1))
             if step >= total:
                 break
         return TrainResult(self.get_weights(), data.n_cases, step, losses, self.optimizer.param_groups[0]["lr"])
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     # Inference and evaluation ---------------------------------------------------------------------
     @torch.inference_mode()

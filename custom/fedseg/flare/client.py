@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             start = time.perf_counter()
             val = trainer.evaluate(model.params, "validation")
-            result = trainer.train(model.params, args.local_epochs)
+            total = model.total_rounds or 1
+            result = trainer.train(model.params, args.local_epochs,
+                                   progress=(model.current_round / total, (model.current_round + 1) / total))
             last_weights = result.weights
             save_model(local_model, result.weights, spec, round=model.current_round)
             metrics = {**val.as_metrics("val"), "train_loss": result.final_loss, "learning_rate": result.learning_rate}

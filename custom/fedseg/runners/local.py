@@ -58,7 +58,8 @@ def run_local(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs:
     done = 0
     while done < epochs:
         chunk = min(val_every, epochs - done)
-        result = engine.train(train, epochs=chunk, label=f"epoch {done + 1}-{done + chunk}/{epochs}")
+        result = engine.train(train, epochs=chunk, progress=(done / epochs, (done + chunk) / epochs),
+                              label=f"epoch {done + 1}-{done + chunk}/{epochs}")
         done += chunk
         scores = engine.evaluate(val, label="validation")
         history.append({"epoch": done, "train_loss": result.final_loss, **scores.as_metrics("val")})

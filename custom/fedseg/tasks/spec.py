@@ -13,6 +13,7 @@ spec by :meth:`TaskSpec.variant`, never written out twice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -122,6 +123,9 @@ class TaskSpec:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     optimizer_choices: tuple[OptimizerSpec, ...] = ()
     amp: bool = True
+    # Learning rate over a whole run (all rounds, or all epochs): cosine decay to lr * min_lr_fraction.
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    min_lr_fraction: float = 0.05
     sw_overlap: float = 0.5
     sw_batch_size: int = 4
     # What a class absent from both label and prediction scores: "nan" leaves the case out of
@@ -195,3 +199,12 @@ class TaskSpec:
     @property
     def foreground_labels(self) -> tuple[str, ...]:
         return self.labels[1:]
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate at ``progress`` (0 = start, 1 = end) of a run."""
+        base = self.optimizer.lr
+        if self.lr_schedule == "constant":
+            return base
+        p = min(max(progress, 0.0), 1.0)
+        floor = base * self.min_lr_fraction
+        return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
