@@ -17,7 +17,7 @@ def test_engine_learns_spleen_on_tiny_phantoms(trained_spleen):
     # An untrained network scores about 0 here; the bar needs real learning.
     assert scores.mean > 0.65, scores.per_case
     metrics = scores.as_metrics("val")
-    assert set(metrics) == {"val_dice", "val_dice_spleen", "val_n_spleen", "val_cases"}
+    assert set(metrics) == {"val_dice", "val_dice_spleen", "val_n_spleen", "val_fp_spleen", "val_cases"}
 
 
 def test_training_is_reproducible_for_a_seed(spleen_site):

@@ -45,4 +45,13 @@ def test_best_model_is_selected_by_validation_dice():
     selector = next(c for c in server["components"] if c["path"].endswith("IntimeModelSelector"))
     assert selector["args"]["key_metric"] == "val_dice"
     workflows = [w["path"].rsplit(".", 1)[-1] for w in server["workflows"]]
-    assert workflows == ["FedAvg", "CrossSiteModelEval"]
+    assert workflows == ["ConsortiumFedAvg", "CrossSiteModelEval"]
+
+
+def test_every_site_trains_and_failures_are_tolerated_down_to_the_minimum():
+    server = json.loads((REPO / "jobs/spleen_fedavg/app/config/config_fed_server.json").read_text())
+    controller = server["workflows"][0]["args"]
+    assert controller["num_clients"] == 0 and controller["min_clients"] == 2 and controller["ignore_result_error"]
+    guard = server["task_result_filters"][0]
+    assert guard["tasks"] == ["train"] and guard["filters"][0]["path"] == "fedseg.flare.guard.UpdateGuard"
+    assert json.loads((REPO / "jobs/spleen_fedavg/meta.json").read_text())["min_clients"] == 2

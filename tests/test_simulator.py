@@ -55,7 +55,8 @@ def test_results_table_and_cross_site_matrix(sim):
     for cell in final.values():
         assert 0.0 <= cell["dice"]["spleen"] <= 1.0
     matrix = result.results.cross_site
-    assert sorted(matrix) == ["site-1", "site-2"]
+    assert sorted(matrix) == ["site-1", "site-2"] and result.failed_sites == [] and body["failed_sites"] == []
+    assert result.results.missing() == []
     for site in matrix.values():
         assert set(site) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
         for metrics in site.values():

@@ -130,7 +130,7 @@ def cmd_jobs_export(a) -> int:
 def cmd_simulate(a) -> int:
     import json
 
-    from fedseg.flare.jobs import JobSpec, committed_job
+    from fedseg.flare.jobs import COMMITTED, JobSpec, committed_job
     from fedseg.flare.simulate import simulate
 
     job_dir = None
@@ -141,7 +141,8 @@ def cmd_simulate(a) -> int:
             raise FedsegError(f"{job_dir}: not a job folder (no meta.json)")
         job = committed_job(json.loads(meta.read_text())["name"])
     else:
-        job = JobSpec(a.task or "spleen")
+        task = a.task or "spleen"
+        job = next((j for j in COMMITTED if j.task == task and j.algorithm == "fedavg"), JobSpec(task))
     overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites))
     if overridden != job:
         job, job_dir = overridden, None  # re-export with the overrides instead of editing the folder
@@ -153,6 +154,8 @@ def cmd_simulate(a) -> int:
     print(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local epochs "
           f"({job.variant} variant); Dice on each site's test cases:")
     print(result.table())
+    if result.failed_sites:
+        print(f"WARNING: site(s) {', '.join(result.failed_sites)} failed during the run; see {run_dir / 'simulator.log'}")
     print(f"best round: {result.best_round}; wall time {result.wall_time_s:.0f} s "
           f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}")
     return 0

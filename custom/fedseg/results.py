@@ -20,6 +20,7 @@ class SiteScore:
     cases: int
     dice: dict[str, float]
     counts: dict[str, int]
+    false_positives: dict[str, int] | None = None
 
     @property
     def mean(self) -> float:
@@ -28,21 +29,25 @@ class SiteScore:
 
     @staticmethod
     def from_scores(scores: DiceScores) -> "SiteScore":
-        return SiteScore(scores.n_cases, scores.per_class(), scores.counts())
+        return SiteScore(scores.n_cases, scores.per_class(), scores.counts(), scores.false_positives())
 
     @staticmethod
     def from_metrics(metrics: Mapping[str, float], prefix: str, class_names: tuple[str, ...]) -> "SiteScore":
         """Rebuild from flat metrics as :meth:`DiceScores.as_metrics` wrote them (e.g. NVFlare results)."""
-        dice, counts = {}, {}
+        dice, counts, fps = {}, {}, {}
         for name in class_names:
             key = metric_key(name)
             dice[name] = float(metrics.get(f"{prefix}_dice_{key}", float("nan")))
             counts[name] = int(metrics.get(f"{prefix}_n_{key}", metrics.get(f"{prefix}_cases", 0)))
-        return SiteScore(int(metrics.get(f"{prefix}_cases", 0)), dice, counts)
+            fps[name] = int(metrics.get(f"{prefix}_fp_{key}", 0))
+        return SiteScore(int(metrics.get(f"{prefix}_cases", 0)), dice, counts, fps)
 
     def to_json(self) -> dict:
-        return {"cases": self.cases, "mean": _clean(self.mean), "dice": {k: _clean(v) for k, v in self.dice.items()},
+        body = {"cases": self.cases, "mean": _clean(self.mean), "dice": {k: _clean(v) for k, v in self.dice.items()},
                 "counts": self.counts}
+        if self.false_positives is not None:
+            body["false_positive_cases"] = self.false_positives
+        return body
 
 
 def pool(scores: list[SiteScore]) -> SiteScore:
@@ -53,7 +58,10 @@ def pool(scores: list[SiteScore]) -> SiteScore:
         n = sum(s.counts[name] for s in scores if not math.isnan(s.dice[name]))
         total = sum(s.dice[name] * s.counts[name] for s in scores if not math.isnan(s.dice[name]))
         dice[name], counts[name] = (total / n if n else float("nan")), n
-    return SiteScore(sum(s.cases for s in scores), dice, counts)
+    fps = None
+    if all(s.false_positives is not None for s in scores):
+        fps = {name: sum(s.false_positives[name] for s in scores) for name in names}
+    return SiteScore(sum(s.cases for s in scores), dice, counts, fps)
 
 
 def _clean(v: float):

@@ -43,11 +43,15 @@ def preprocessing(spec: TaskSpec, *, with_label: bool = True, track_meta: bool =
         mt.LoadImaged(keys, image_only=True, ensure_channel_first=True),
         mt.Orientationd(keys, axcodes="RAS"[: spec.spatial_dims], labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         mt.Spacingd(keys, pixdim=spec.spacing, mode=modes),
-        intensity_transform(spec),
     ]
-    if spec.crop_foreground:
-        steps.append(mt.CropForegroundd(keys, source_key=IMAGE, allow_smaller=True,
-                                        start_coord_key=None, end_coord_key=None))
+    crop = mt.CropForegroundd(keys, source_key=IMAGE, allow_smaller=True, start_coord_key=None, end_coord_key=None)
+    # The crop keeps voxels above 0. After a CT window that means "above the window's floor"; a
+    # z-scored image is negative in half the body, so MR is cropped on its raw (non-negative) signal.
+    if spec.crop_foreground and spec.intensity.kind == "zscore":
+        steps.append(crop)
+    steps.append(intensity_transform(spec))
+    if spec.crop_foreground and spec.intensity.kind != "zscore":
+        steps.append(crop)
     dtypes = (torch.float32, torch.uint8) if with_label else (torch.float32,)
     steps.append(mt.EnsureTyped(keys, dtype=dtypes, track_meta=track_meta))
     return steps
@@ -56,13 +60,17 @@ def preprocessing(spec: TaskSpec, *, with_label: bool = True, track_meta: bool =
 def augmentation(spec: TaskSpec) -> list[mt.Transform]:
     """Random patch sampling (foreground:background as the spec says) and augmentation."""
     keys = [IMAGE, LABEL]
-    pos, neg = spec.pos_neg_ratio
-    steps: list[mt.Transform] = [
-        # Volumes smaller than a patch are padded so that every crop has the patch's shape.
-        mt.SpatialPadd(keys, spatial_size=spec.patch_size),
-        mt.RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=spec.patch_size, pos=pos, neg=neg,
-                                  num_samples=spec.num_samples, image_key=IMAGE, image_threshold=0),
-    ]
+    if spec.class_crop_ratios is not None:
+        crop = mt.RandCropByLabelClassesd(keys, label_key=LABEL, spatial_size=spec.patch_size,
+                                          ratios=list(spec.class_crop_ratios), num_classes=spec.num_classes,
+                                          num_samples=spec.num_samples, image_key=IMAGE, image_threshold=0,
+                                          warn=False)
+    else:
+        pos, neg = spec.pos_neg_ratio
+        crop = mt.RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=spec.patch_size, pos=pos, neg=neg,
+                                         num_samples=spec.num_samples, image_key=IMAGE, image_threshold=0)
+    # Volumes smaller than a patch are padded so that every crop has the patch's shape.
+    steps: list[mt.Transform] = [mt.SpatialPadd(keys, spatial_size=spec.patch_size), crop]
     aug = spec.augment
     if aug.flip_prob > 0:
         steps += [mt.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=axis) for axis in range(spec.spatial_dims)]

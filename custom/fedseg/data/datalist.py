@@ -7,6 +7,7 @@ out of the root are refused: a datalist must not be able to make a site read fil
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -58,8 +59,10 @@ def resolve_in_root(root: Path, ref: str, report: ProblemReport, where: str) -> 
     if pure.is_absolute() or Path(ref).is_absolute():
         report.add("absolute_path", where, f"path {ref!r} is absolute; datalists must use paths relative to the data root")
         return None
-    root = Path(root).resolve()
-    resolved = (root / pure).resolve()
+    # Containment is checked on the written path, not on symlink targets: a site may well build its
+    # data root from links into other storage, but a datalist must not climb out with "..".
+    root = Path(os.path.abspath(root))
+    resolved = Path(os.path.normpath(root / pure))
     if root != resolved and root not in resolved.parents:
         report.add("path_escapes_root", where, f"path {ref!r} leaves the data root {root}")
         return None

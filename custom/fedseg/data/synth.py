@@ -12,6 +12,7 @@ import numpy as np
 from fedseg.data.msd import DatasetInfo, read_dataset_info, write_dataset_json
 from fedseg.data.phantoms.abdomen import ORGANS, PhantomOptions, synth_abdomen
 from fedseg.data.phantoms.nifti import save_nifti
+from fedseg.data.phantoms.pelvis import synth_pelvis
 
 # Orientations real converters write: RAS (nibabel/ITK-SNAP), LPS (DICOM order), LAS (FSL radiological).
 AXCODES = ("RAS", "LPS", "LAS")
@@ -42,6 +43,18 @@ def _spleen_case(seed: int) -> SynthCase:
     return SynthCase(ph.image, (ph.organs == ORGANS["spleen"]).astype(np.uint8), ph.grid.affine)
 
 
+def _liver_case(seed: int) -> SynthCase:
+    ph = synth_abdomen(seed, PhantomOptions(tumours=(0, 3)))
+    label = (ph.organs == ORGANS["liver"]).astype(np.uint8)
+    label[ph.organs == ORGANS["liver_tumour"]] = 2
+    return SynthCase(ph.image, label, ph.grid.affine)
+
+
+def _prostate_case(seed: int) -> SynthCase:
+    ph = synth_pelvis(seed)
+    return SynthCase(ph.image, ph.label, ph.grid.affine)
+
+
 PHANTOMS: dict[str, PhantomKind] = {
     "spleen": PhantomKind(
         "Task09_Spleen_synthetic",
@@ -49,6 +62,20 @@ PHANTOMS: dict[str, PhantomKind] = {
         ("CT",),
         ("background", "spleen"),
         _spleen_case,
+    ),
+    "liver": PhantomKind(
+        "Task03_Liver_synthetic",
+        "Synthetic abdominal CT phantoms with liver and 0-3 liver tumours (fedseg)",
+        ("CT",),
+        ("background", "liver", "tumour"),
+        _liver_case,
+    ),
+    "prostate": PhantomKind(
+        "Task05_Prostate_synthetic",
+        "Synthetic pelvic MRI phantoms (T2, ADC as one 4D file) with prostate zones (fedseg)",
+        ("T2", "ADC"),
+        ("background", "PZ", "TZ"),
+        _prostate_case,
     ),
 }
 

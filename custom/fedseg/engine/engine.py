@@ -159,8 +159,7 @@ class SegmentationEngine:
             item = data.dataset[i]
             pred = self.predict_logits(item["image"]).argmax(0, keepdim=True)
             label_map = item["label"].to(pred.device)
-            scores.per_case.append(
-                case_dice(pred.unsqueeze(0), label_map.unsqueeze(0), self.spec.num_classes, self.spec.empty_class_dice)
-            )
+            scores.add(*case_dice(pred.unsqueeze(0), label_map.unsqueeze(0), self.spec.num_classes,
+                                  self.spec.empty_class_dice))
             progress.update(i + 1)
         return scores

@@ -20,7 +20,8 @@ import nvflare.client as flare
 
 from fedseg.checkpoint import save_model
 from fedseg.engine import Runtime
-from fedseg.errors import ConfigError, FedsegError
+from fedseg.errors import ConfigError, FedsegError, NonFiniteLossError
+from fedseg.flare.guard import WITHHELD
 from fedseg.runners.site import make_site_trainer
 from fedseg.site_config import find_site_config, load_site_config
 from fedseg.site_data import open_site_data
@@ -67,6 +68,13 @@ def _open_site(site: str, args: argparse.Namespace):
     return spec, data, runtime
 
 
+def round_progress(model) -> tuple[float, float]:
+    """The part of the whole federated run that this round covers (a resumed job starts part-way)."""
+    start = model.start_round or 0
+    total = start + (model.total_rounds or 1)
+    return model.current_round / total, (model.current_round + 1) / total
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     flare.init()
@@ -92,9 +100,13 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             start = time.perf_counter()
             val = trainer.evaluate(model.params, "validation")
-            total = model.total_rounds or 1
-            result = trainer.train(model.params, args.local_epochs,
-                                   progress=(model.current_round / total, (model.current_round + 1) / total))
+            try:
+                result = trainer.train(model.params, args.local_epochs, progress=round_progress(model))
+            except NonFiniteLossError as exc:
+                # Withhold this round's update; the server's UpdateGuard logs it and FedAvg skips it.
+                log.error("fedseg %s round %s: %s; update withheld", site, model.current_round, exc)
+                flare.send(flare.FLModel(metrics=val.as_metrics("val"), meta={WITHHELD: f"non-finite loss ({exc.value})"}))
+                continue
             last_weights = result.weights
             save_model(local_model, result.weights, spec, round=model.current_round)
             metrics = {**val.as_metrics("val"), "train_loss": result.final_loss, "learning_rate": result.learning_rate}

@@ -59,6 +59,8 @@ class JobSpec:
 # The committed jobs: CPU-sized demos that run unchanged under `nvflare simulator`.
 COMMITTED: tuple[JobSpec, ...] = (
     JobSpec("spleen"),
+    JobSpec("liver", local_epochs=6),
+    JobSpec("prostate", local_epochs=8),
 )
 
 
@@ -69,16 +71,45 @@ def committed_job(name: str) -> JobSpec:
     raise ValueError(f"no committed job {name!r}; known: {', '.join(j.name for j in COMMITTED)}")
 
 
+def _recipe_class():
+    from nvflare.app_opt.pt.recipes import FedAvgRecipe
+
+    from fedseg.flare.controller import ConsortiumFedAvg
+
+    class ConsortiumFedAvgRecipe(FedAvgRecipe):
+        """NVFlare's PyTorch FedAvg recipe with the controller swapped for :class:`ConsortiumFedAvg`."""
+
+        def _create_controller(self, persistor_id, model_params, model_aggregator):
+            return ConsortiumFedAvg(
+                min_clients=self.min_clients,
+                num_rounds=self.num_rounds,
+                persistor_id=persistor_id,
+                model=model_params,
+                save_filename=self.save_filename,
+                aggregator=model_aggregator,
+                stop_cond=self.stop_cond,
+                patience=self.patience,
+                task_name="train",
+                exclude_vars=self.exclude_vars,
+                aggregation_weights=self.aggregation_weights,
+                memory_gc_rounds=self.server_memory_gc_rounds,
+                enable_tensor_disk_offload=self.enable_tensor_disk_offload,
+            )
+
+    return ConsortiumFedAvgRecipe
+
+
 def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     """The NVFlare recipe for ``job`` (FedAvg with best-model selection and cross-site evaluation).
 
     ``client_script`` is resolved against the working directory when the recipe is exported.
     """
-    from nvflare.app_opt.pt.recipes import FedAvgRecipe
     from nvflare.recipe import add_cross_site_evaluation
 
+    from fedseg.flare.guard import UpdateGuard
+
     model = {"class_path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
-    recipe = FedAvgRecipe(
+    recipe = _recipe_class()(
         name=job.name,
         model=model,
         min_clients=job.min_clients,
@@ -89,12 +120,20 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
         key_metric_mode="max",
     )
     add_cross_site_evaluation(recipe)
+    recipe.add_server_input_filter(UpdateGuard(), tasks=["train"])
+    # fedseg is installed where the job runs (or bundled whole, see export_job): tell the exporter
+    # not to copy the source files of fedseg components into app/custom. The recipe API has no
+    # public handle for this FedJob setting.
+    recipe._job.set_app_packages(["fedseg"])
     return recipe
 
 
-def export_job(job: JobSpec, out_root: Path) -> Path:
-    """Write ``out_root/<job.name>/`` (replacing an older export) and return its path."""
-    out_root = Path(out_root).resolve()
+def export_job(job: JobSpec, out_root: Path, client_script: Path = CLIENT_SCRIPT) -> Path:
+    """Write ``out_root/<job.name>/`` (replacing an older export) and return its path.
+
+    ``client_script`` is the entry point shipped in ``app/custom/`` (tests swap in fault injectors).
+    """
+    out_root, client_script = Path(out_root).resolve(), Path(client_script).resolve()
     target = out_root / job.name
     if target.exists():
         shutil.rmtree(target)
@@ -102,8 +141,8 @@ def export_job(job: JobSpec, out_root: Path) -> Path:
     # Export from a folder holding only the client stub: NVFlare then records the script by its bare
     # name and copies no fedseg modules next to it, so the job stays thin and machine-independent.
     with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):
-        shutil.copyfile(CLIENT_SCRIPT, CLIENT_SCRIPT.name)
-        build_recipe(job).export(str(out_root))
+        shutil.copyfile(client_script, client_script.name)
+        build_recipe(job, client_script.name).export(str(out_root))
     return target
 
 

@@ -37,6 +37,7 @@ class SimulationResult:
     simulator_time_s: float
     workspace: Path
     results: JobResults
+    failed_sites: list[str]
 
     def table(self) -> str:
         return render_table(self.models, self.class_names)
@@ -92,16 +93,24 @@ def _worth_showing(line: str) -> bool:
     return "fedseg " in line or ("Round " in line and "started" in line) or " ERROR " in line or "Traceback" in line
 
 
-def summarize(workspace: Path, class_names: tuple[str, ...], n_sites: int) -> tuple[JobResults, dict]:
+def failed_sites(results: JobResults, n_sites: int) -> list[str]:
+    """Sites that missed a training round or cross-site evaluation (a crashed or disconnected site)."""
+    expected = {f"site-{k}" for k in range(1, n_sites + 1)}
+    failed = expected - set(results.sites)
+    for r in results.rounds:
+        failed |= expected - {s["name"] for s in r.get("sites", [])}
+    return sorted(failed)
+
+
+def summarize(workspace: Path, class_names: tuple[str, ...]) -> tuple[JobResults, dict]:
+    """The final and best global models' test scores; sites that failed are simply absent."""
     results = read_job_results(workspace)
-    missing = results.missing()
-    if len(results.sites) != n_sites or missing:
-        raise FedsegError(f"{results.job_dir}: incomplete cross-site evaluation: {len(results.sites)} of {n_sites} "
-                          f"site(s) reported; missing cells: {', '.join(missing) or 'none'}")
-    best = results.best_round
+    if not results.sites:
+        raise FedsegError(f"{results.job_dir}: no site reported cross-site evaluation results")
     models = {"final": results.scores(FINAL_MODEL, class_names)}
-    label = f"best (round {best})" if best is not None else "best"
-    models[label] = results.scores(BEST_MODEL, class_names)
+    # NVFlare selects no best model in a 1-round job (round 0 is never a candidate).
+    if BEST_MODEL in results.model_names():
+        models[f"best (round {results.best_round})"] = results.scores(BEST_MODEL, class_names)
     return results, models
 
 
@@ -118,7 +127,8 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     sim_time = run_simulator(job_dir, workspace, n_sites, site_config_dir=config_dir,
                              log_path=run_dir / "simulator.log")
     class_names = read_dataset_info(data_dir).foreground_labels
-    results, models = summarize(workspace, class_names, n_sites)
+    results, models = summarize(workspace, class_names)
+    failed = failed_sites(results, n_sites)
     wall = time.perf_counter() - start
     write_json(run_dir / "results.json", {
         "task": job.task, "variant": job.variant, "algorithm": job.algorithm, "sites": n_sites,
@@ -126,6 +136,6 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
         "classes": list(class_names), "best_round": results.best_round,
         "best_round_meaning": "round whose incoming global model scored the best mean validation Dice",
         "models": models_to_json(models), "wall_time_s": round(wall, 1), "simulator_time_s": round(sim_time, 1),
-        "workspace": str(workspace),
+        "workspace": str(workspace), "failed_sites": failed,
     })
-    return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results)
+    return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results, failed)

@@ -89,6 +89,7 @@ class SmallVariant:
 
     spacing: tuple[float, ...]
     patch_size: tuple[int, ...]
+    sw_roi: tuple[int, ...] | None = None  # defaults to the patch size
     channel_divisor: int = 2
     num_samples: int | None = None
     sw_batch_size: int | None = None
@@ -119,6 +120,9 @@ class TaskSpec:
     crop_foreground: bool = True
     num_samples: int = 4
     pos_neg_ratio: tuple[float, float] = (1.0, 1.0)
+    # Per-class crop-centre ratios (background first); when set they replace pos_neg_ratio, so that
+    # small classes (tumours) are sampled as often as large ones.
+    class_crop_ratios: tuple[float, ...] | None = None
     batch_size: int = 2
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     optimizer_choices: tuple[OptimizerSpec, ...] = ()
@@ -147,6 +151,8 @@ class TaskSpec:
                 raise ValueError(f"task {self.name!r}: {what} {size} must be multiples of {step}")
         if len(self.labels) < 2:
             raise ValueError(f"task {self.name!r}: needs background and at least one class")
+        if self.class_crop_ratios is not None and len(self.class_crop_ratios) != len(self.labels):
+            raise ValueError(f"task {self.name!r}: class_crop_ratios needs one ratio per class ({len(self.labels)})")
 
     @property
     def num_classes(self) -> int:
@@ -178,7 +184,7 @@ class TaskSpec:
             self,
             spacing=s.spacing,
             patch_size=s.patch_size,
-            sw_roi=s.patch_size,
+            sw_roi=s.sw_roi or s.patch_size,
             network=net,
             num_samples=s.num_samples or self.num_samples,
             sw_batch_size=s.sw_batch_size or self.sw_batch_size,

@@ -244,7 +244,7 @@ def synth_abdomen(seed: int, options: PhantomOptions = PhantomOptions()) -> Abdo
 
 
 def _liver_tumours(rng, image, organs, grid: Grid, liver: np.ndarray, hu: dict, count_range) -> int:
-    """Hypo-dense lesions inside the liver, some nearly iso-dense; returns how many were drawn."""
+    """Lesions inside the liver, mostly hypo-dense, some nearly iso-dense; returns how many were drawn."""
     lo, hi = count_range
     count = int(rng.integers(lo, hi + 1)) if hi > 0 else 0
     inside = np.argwhere(ndimage.binary_erosion(liver, iterations=3))
@@ -254,8 +254,9 @@ def _liver_tumours(rng, image, organs, grid: Grid, liver: np.ndarray, hu: dict, 
             break
         i, j, k = inside[rng.integers(len(inside))]
         center = tuple(float(o + s * v) for o, s, v in zip(grid.origin, grid.spacing, (i, j, k)))
-        r = rng.uniform(6, 22)
-        contrast = rng.choice([rng.uniform(-45, -20), rng.uniform(-14, -7)])  # hypo-dense, or nearly iso
+        r = rng.uniform(8, 25)
+        # Hypo-dense as in portal-venous MSD scans (30-60 HU under the liver), one in four nearly iso-dense.
+        contrast = rng.uniform(-60, -30) if rng.random() < 0.75 else rng.uniform(-16, -8)
         shape = Ellipsoid(center, (r, r * rng.uniform(0.7, 1.0), r * rng.uniform(0.7, 1.2)),
                           random_rotation(rng, (30, 30, 30)), Wobble.random(rng, 0.15, 30.0))
         mask = paint(image, shape, grid, hu["liver"] + contrast, where=liver)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from fedseg.data.phantoms.grid import Ellipsoid, Grid, Wobble, paint, random_rotation
+from fedseg.data.phantoms.grid import Ellipsoid, Grid, Wobble, paint, random_rotation, rotation_z
 
 ZONES = {"PZ": 1, "TZ": 2}  # MSD Task05 label values
 
@@ -76,11 +76,14 @@ def synth_pelvis(seed: int) -> PelvisPhantom:
     body = put(Ellipsoid((cx, cy, 0.0), (a, b, long_z), wobble=wob), "fat")
     # Coverage is centred on the prostate; the body is wider than the field of view, as in real scans.
     for side in (-1, 1):
-        put(Ellipsoid((cx + side * 95, cy - 20, 0.0), (55, 60, long_z), random_rotation(rng, (0, 0, 20))), "muscle", body)
-        put(Ellipsoid((cx + side * 52, cy + 5, 0.0), (14, 32, long_z), random_rotation(rng, (0, 0, 15))), "muscle", body)
-        head = Ellipsoid((cx + side * 88, cy + 18, rng.uniform(5, 25)), (24, 24, 24))
+        glute = Ellipsoid((cx + side * 78, cy - 62, 0.0), (48, 32, long_z), random_rotation(rng, (0, 0, 25)),
+                          Wobble.random(rng, 0.08, 90))
+        put(glute, "muscle", body)
+        head = Ellipsoid((cx + side * 86, cy + 16, rng.uniform(5, 25)), (24, 24, 24))
         put(head, "cortex", body)
         put(Ellipsoid(head.center, (21, 21, 21)), "marrow", body)
+        put(Ellipsoid((cx + side * 58, cy + 4, 0.0), (9, 30, long_z), random_rotation(rng, (0, 0, 12))), "muscle", body)
+
     # Pubic symphysis anterior to the prostate, across the lower slices.
     pubis_y = cy + rng.uniform(38, 48)
     for side in (-1, 1):
@@ -105,6 +108,9 @@ def synth_pelvis(seed: int) -> PelvisPhantom:
         put(Ellipsoid((pc[0] + side * 14, pc[1] - 8, pc[2] + pr[2] + 4), (13, 6, 9), random_rotation(rng, (10, 10, 30)),
                       Wobble.random(rng, 0.2, 15)), "seminal", body)
 
+    for side in (-1, 1):  # levator ani slings around the gland and rectum
+        put(Ellipsoid((pc[0] + side * (pr[0] + 9), pc[1] - 10, pc[2] - 5), (4, 20, 40), rotation_z(side * 0.5)),
+            "muscle", body)
     capsule = Ellipsoid(pc, tuple(r + 1.5 for r in pr), rot, Wobble.random(rng, 0.05, 60))
     put(capsule, "capsule", body)
     gland = put(Ellipsoid(pc, pr, rot, capsule.wobble), "pz", body)

@@ -1,0 +1,54 @@
+"""Test-only NVFlare client: fedseg's own client with one fault injected at one site.
+
+FEDSEG_TEST_FAULT="<site>:<kind>:<round>" picks the site, the fault and the first round it hits:
+  raise  the site's training raises (a crashing hospital machine);
+  nan    the site's loss turns NaN, so the engine's own non-finite check fires.
+"""
+
+import os
+
+import torch
+
+from fedseg.flare import client
+from fedseg.runners import site as site_module
+
+SITE, KIND, ROUND = (os.environ.get("FEDSEG_TEST_FAULT", "none:none:0").split(":") + ["0"])[:3]
+
+
+class FaultyTrainer:
+    def __init__(self, inner, name):
+        self.inner, self.name, self.calls = inner, name, 0
+
+    def train(self, weights, epochs, progress=None):
+        self.calls += 1
+        if self.name == SITE and self.calls > int(ROUND):
+            if KIND == "raise":
+                raise RuntimeError("injected fault: the site's machine failed mid-training")
+            if KIND == "nan":
+                engine = self.inner.engine
+                real_loss = engine.loss_fn
+                engine.loss_fn = lambda out, y: real_loss(out, y) * torch.tensor(float("nan"))
+                try:
+                    return self.inner.train(weights, epochs, progress)
+                finally:
+                    engine.loss_fn = real_loss
+        return self.inner.train(weights, epochs, progress)
+
+    def evaluate(self, weights, split):
+        return self.inner.evaluate(weights, split)
+
+    def close(self):
+        self.inner.close()
+
+
+_real = site_module.make_site_trainer
+
+
+def faulty(data, runtime, seed=0):
+    return FaultyTrainer(_real(data, runtime, seed), data.site.site)
+
+
+client.make_site_trainer = faulty
+
+if __name__ == "__main__":
+    client.main()

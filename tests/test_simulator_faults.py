@@ -1,0 +1,64 @@
+"""Faults in a real simulator run: a crashing site, a site whose loss goes NaN, too few sites left."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedseg.data.synth import synthesize
+from fedseg.errors import FedsegError
+from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.flare.simulate import simulate
+
+pytestmark = pytest.mark.slow
+FAULT_CLIENT = Path(__file__).parent / "faults" / "fault_client.py"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    synthesize("spleen", root / "data", cases=9, seed=5, workers=2)
+    return root / "data"
+
+
+def _run(data, tmp_path, monkeypatch, fault, sites):
+    monkeypatch.setenv("FEDSEG_TEST_FAULT", fault)
+    job = JobSpec("spleen", num_rounds=3, local_epochs=1)
+    job_dir = export_job(job, tmp_path / "job", client_script=FAULT_CLIENT)
+    return simulate(job, n_sites=sites, data_dir=data, run_dir=tmp_path / "run", cases=9, job_dir=job_dir)
+
+
+def _log(tmp_path):
+    return (tmp_path / "run" / "simulator.log").read_text()
+
+
+def test_a_crashing_site_does_not_stop_the_job(data, tmp_path, monkeypatch):
+    result = _run(data, tmp_path, monkeypatch, "site-2:raise:1", sites=3)
+    assert result.failed_sites == ["site-2"]
+    rounds = result.results.rounds
+    assert [sorted(s["name"] for s in r["sites"]) for r in rounds] == [
+        ["site-1", "site-2", "site-3"], ["site-1", "site-3"], ["site-1", "site-3"]]
+    log = _log(tmp_path)
+    assert "fedseg: round 1: no usable update from site-2; averaging site-1, site-3" in log
+    assert set(result.models["final"]) == {"site-1", "site-3", "pooled"}
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["failed_sites"] == ["site-2"]
+
+
+def test_a_nan_site_is_left_out_and_the_global_model_stays_finite(data, tmp_path, monkeypatch):
+    result = _run(data, tmp_path, monkeypatch, "site-2:nan:1", sites=3)
+    log = _log(tmp_path)
+    for r in (1, 2):
+        assert f"fedseg: update from site-2 in round {r} excluded from the average: non-finite loss" in log
+    state = torch.load(result.workspace / "server/simulate_job/app_server/FL_global_model.pt", weights_only=True)
+    assert all(np.isfinite(np.asarray(v)).all() for v in state["model"].values())
+    # site-2 is still alive: it scores every model in cross-site evaluation.
+    assert sorted(result.results.cross_site) == ["site-1", "site-2", "site-3"]
+    assert [len(r["sites"]) for r in result.results.rounds] == [3, 2, 2]
+
+
+def test_the_job_stops_when_fewer_sites_than_its_minimum_remain(data, tmp_path, monkeypatch):
+    with pytest.raises(FedsegError, match="simulator exited"):
+        _run(data, tmp_path, monkeypatch, "site-2:raise:1", sites=2)
+    assert "fewer than the job's minimum of 2; stopping the job" in _log(tmp_path)
