@@ -36,6 +36,22 @@ def spleen_dataset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def liver_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("liver")
+    synthesize("liver", root, cases=6, seed=4, workers=2)
+    split_dataset(root, 1, root / "splits", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prostate_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prostate")
+    synthesize("prostate", root, cases=6, seed=4, workers=2)
+    split_dataset(root, 1, root / "splits", seed=0)
+    return root
+
+
 def make_site(tmp: Path, name: str, task: str, data_root: Path, datalist: Path, **settings) -> Path:
     settings = {"device": "cpu", "num_threads": 2, "cache_rate": 1.0, "num_workers": 0, **settings}
     return write_site_config(tmp / f"{name}.yaml", name, {task: (data_root, datalist)}, **settings)

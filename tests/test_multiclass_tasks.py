@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from conftest import make_site
-from fedseg.data.split import split_dataset
-from fedseg.data.synth import synthesize
 from fedseg.engine import Runtime, SegmentationEngine
 from fedseg.engine.metrics import DiceScores, case_dice
 from fedseg.errors import DataError
@@ -17,22 +15,6 @@ from fedseg.site_config import load_site_config
 from fedseg.site_data import open_site_data
 from fedseg.tasks import get_task
 from fedseg.transforms import eval_transforms, train_transforms
-
-
-@pytest.fixture(scope="session")
-def liver_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("liver")
-    synthesize("liver", root, cases=6, seed=4, workers=2)
-    split_dataset(root, 1, root / "splits", seed=0)
-    return root
-
-
-@pytest.fixture(scope="session")
-def prostate_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prostate")
-    synthesize("prostate", root, cases=6, seed=4, workers=2)
-    split_dataset(root, 1, root / "splits", seed=0)
-    return root
 
 
 def _first(root):

@@ -25,7 +25,7 @@ from fedseg.transforms import IMAGE, eval_transforms
 
 def check_input(path: Path, spec: TaskSpec) -> None:
     """Refuse an input the task cannot use (unreadable, wrong dimensions or channels) before inference."""
-    check_image_file(Path(path), spec).raise_if_fatal(f"cannot segment {path} with task {spec.name!r}")
+    check_image_file(Path(path), spec).raise_if_fatal(f"cannot segment {path} with task {spec.name!r}", "inference")
 
 
 class Predictor:

@@ -35,31 +35,52 @@ class _Loaded:
     zooms: tuple[float, ...]
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _sniff(path: Path, report: ProblemReport, what: str) -> bool:
+    """Refuse, by its first bytes, a file whose name promises gzip-compressed NIfTI but is something else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        report.add("unreadable_file", path, f"{what} cannot be opened ({exc.strerror})")
+        return False
+    if not head:
+        report.add("truncated_file", path, f"{what} is empty (0 bytes)")
+        return False
+    if str(path).endswith(".gz") and not head.startswith(GZIP_MAGIC):
+        looks = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head[:64]) else "binary data"
+        report.add("not_nifti", path, f"{what} is named .gz but holds {looks}, not gzip-compressed NIfTI")
+        return False
+    return True
+
+
 def _load(path: Path, report: ProblemReport, what: str) -> _Loaded | None:
     """Open and fully read a NIfTI file, turning every failure into a named problem."""
+    if not _sniff(path, report, what):
+        return None
     try:
         img = nib.load(str(path))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            report.add("not_nifti", path, f"{what} is a {type(img).__name__}, not NIfTI")
+            return None
+        data = np.asanyarray(img.dataobj)
     except ImageFileError:
         report.add("not_nifti", path, f"{what} is not a NIfTI file (nibabel cannot recognise its format)")
         return None
-    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        report.add("corrupt_file", path, f"{what} is corrupt or truncated ({exc})")
+    except EOFError as exc:
+        report.add("truncated_file", path, f"{what} ends early, the file is truncated ({exc})")
+        return None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        report.add("corrupt_file", path, f"{what} has corrupt compressed data ({exc})")
         return None
     except (OSError, ValueError) as exc:
-        report.add("unreadable_file", path, f"{what} cannot be read ({exc})")
+        report.add("truncated_file", path, f"{what} data cannot be read in full, the file may be truncated ({exc})")
         return None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        report.add("not_nifti", path, f"{what} is a {type(img).__name__}, not NIfTI")
-        return None
-    try:
-        data = np.asanyarray(img.dataobj)
-    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        report.add("corrupt_file", path, f"{what} is corrupt or truncated ({exc})")
-        return None
-    except (OSError, ValueError) as exc:
-        report.add("truncated_file", path, f"{what} data cannot be read, the file may be truncated ({exc})")
-        return None
-    return _Loaded(data, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3]))
+    # Spacing as MONAI will see it: from the affine, not the header's pixdim (which nibabel "repairs").
+    zooms = tuple(float(z) for z in np.linalg.norm(img.affine[:3, :3], axis=0))
+    return _Loaded(data, img.affine, zooms)
 
 
 def _expected_dims(spec: TaskSpec) -> str:
@@ -70,8 +91,8 @@ def check_case(case: Case, spec: TaskSpec, split: str, report: ProblemReport) ->
     """Append the problems of one case to ``report``."""
     report.cases_checked += 1
     image = _load(case.image, report, "image")
-    if image is not None:
-        _check_image(case.image, image, spec, report)
+    if image is not None and not _check_image(case.image, image, spec, report):
+        image = None  # wrong dimensions: comparing its grid with the label's would only repeat that
     if case.label is None:
         return
     label = _load(case.label, report, "label")
@@ -82,7 +103,8 @@ def check_case(case: Case, spec: TaskSpec, split: str, report: ProblemReport) ->
         _check_same_grid(case, image, label, report)
 
 
-def _check_image(path: Path, img: _Loaded, spec: TaskSpec, report: ProblemReport) -> None:
+def _check_image(path: Path, img: _Loaded, spec: TaskSpec, report: ProblemReport) -> bool:
+    """Record the image's problems; False when its dimensions are wrong for the task."""
     data = img.data
     if spec.in_channels == 1:
         ok = data.ndim == 3 or (data.ndim == 4 and data.shape[3] == 1)
@@ -91,22 +113,25 @@ def _check_image(path: Path, img: _Loaded, spec: TaskSpec, report: ProblemReport
     if not ok:
         report.add("wrong_dimensions", path,
                    f"image has shape {data.shape}; task {spec.name!r} needs {_expected_dims(spec)}")
-        return
+        return False
     zooms = np.asarray(img.zooms)
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0) or np.any(zooms > MAX_SPACING_MM):
-        report.add("bad_spacing", path, f"voxel spacing {tuple(zooms)} mm is zero, negative or absurd "
-                                        f"(allowed: above 0 and up to {MAX_SPACING_MM} mm)")
+        shown = " x ".join(f"{z:.3g}" for z in zooms)
+        report.add("bad_spacing", path, f"voxel spacing {shown} mm (from the affine) is zero, negative or absurd "
+                                        f"(allowed: above 0 and up to {MAX_SPACING_MM:g} mm)")
+        return False
     if np.issubdtype(data.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             report.add("non_finite_voxels", path, f"image holds {bad} NaN or infinite voxel(s)")
-            return
+            return True
     lo, hi = float(np.min(data)), float(np.max(data))
     p_lo, p_hi = spec.plausible_range
     if lo < p_lo - 1 or hi > p_hi + 1 or (spec.modality == "CT" and hi - lo < 200):
         report.add("implausible_intensity", path,
                    f"intensities {lo:.1f}..{hi:.1f} look implausible for {spec.modality} "
                    f"(expected within {p_lo:g}..{p_hi:g})", fatal=False)
+    return True
 
 
 def _check_label(path: Path, lbl: _Loaded, spec: TaskSpec, split: str, report: ProblemReport) -> None:
@@ -139,9 +164,10 @@ def _check_same_grid(case: Case, image: _Loaded, label: _Loaded, report: Problem
         return
     diff = float(np.max(np.abs(image.affine - label.affine)))
     if diff > AFFINE_TOLERANCE_MM:
+        spacing = [" x ".join(f"{z:.3g}" for z in x.zooms) for x in (label, image)]
         report.add("grid_mismatch", case.label,
                    f"label affine differs from the image's by up to {diff:.3g} mm (tolerance {AFFINE_TOLERANCE_MM} mm); "
-                   f"spacing {label.zooms} vs {image.zooms}")
+                   f"spacing {spacing[0]} mm vs {spacing[1]} mm")
 
 
 def check_image_file(path: Path, spec: TaskSpec) -> ProblemReport:

@@ -57,7 +57,7 @@ class ProblemReport:
     def render(self) -> str:
         return "\n".join(str(p) for p in self.problems)
 
-    def raise_if_fatal(self, context: str) -> None:
+    def raise_if_fatal(self, context: str, before: str = "training") -> None:
         """Raise a :class:`DataError` listing every problem if any is fatal."""
         if self.fatal:
-            raise DataError(f"{context}: {len(self.fatal)} problem(s) must be fixed before training:\n{self.render()}")
+            raise DataError(f"{context}: {len(self.fatal)} problem(s) must be fixed before {before}:\n{self.render()}")

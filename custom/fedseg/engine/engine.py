@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -74,11 +74,24 @@ class SegmentationEngine:
         return make_eval_data(self.spec, items, self.runtime)
 
     # Weights --------------------------------------------------------------------------------------
+    @property
+    def network(self) -> torch.nn.Module:
+        """The bare network, also when :attr:`model` is wrapped (e.g. in DistributedDataParallel)."""
+        return getattr(self.model, "module", self.model)
+
+    def wrap_model(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Train through ``wrap(model)`` (e.g. DDP) from now on; the optimizer keeps the same parameters.
+
+        Weights and inference keep using the bare network: its keys carry no ``module.`` prefix,
+        and a DDP forward outside training would start collectives the other workers never join.
+        """
+        self.model = wrap(self.network)
+
     def get_weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
 
     def set_weights(self, weights: Mapping) -> None:
-        self.model.load_state_dict(to_state_dict(weights), strict=True)
+        self.network.load_state_dict(to_state_dict(weights), strict=True)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.runtime.amp else contextlib.nullcontext()
@@ -140,12 +153,13 @@ class SegmentationEngine:
     @torch.inference_mode()
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Sliding-window logits for one preprocessed image of shape (C, *spatial)."""
-        self.model.eval()
+        network = self.network
+        network.eval()
         spec = self.spec
         with self._autocast():
             logits = sliding_window_inference(
                 image.unsqueeze(0).to(self.runtime.device), roi_size=spec.sw_roi, sw_batch_size=spec.sw_batch_size,
-                predictor=self.model, overlap=spec.sw_overlap, mode="gaussian",
+                predictor=network, overlap=spec.sw_overlap, mode="gaussian",
             )
         return logits[0].float()
 

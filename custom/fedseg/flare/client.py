@@ -59,10 +59,11 @@ def _open_site(site: str, args: argparse.Namespace):
         data = open_site_data(spec, cfg, strict=False)
     except FedsegError as exc:
         log.error("fedseg %s cannot start:\n%s", site, exc)
-        raise SiteFailure(f"site {site}: {type(exc).__name__} in the site configuration; see the site's own log") from None
+        kind = "site configuration invalid" if isinstance(exc, ConfigError) else "data unusable"
+        raise SiteFailure(f"site {site} cannot train: {kind} ({type(exc).__name__}); details in the site's own log") from None
     if data.report.fatal:
         log.error("fedseg %s: data check failed:\n%s", site, data.report.render())
-        raise SiteFailure(f"site {site}: data check failed: {data.report.summary()}")
+        raise SiteFailure(f"site {site} cannot train: data check failed: {data.report.summary()}")
     log.info("fedseg %s: data check passed (%s); task %s/%s on %s", site, data.report.summary(), spec.name,
              spec.variant_name, runtime.device)
     return spec, data, runtime
@@ -75,11 +76,26 @@ def round_progress(model) -> tuple[float, float]:
     return model.current_round / total, (model.current_round + 1) / total
 
 
+def _leave(failure: SiteFailure) -> None:
+    """Answer the first task with the reason this site cannot take part, then end its part.
+
+    The reason travels as a withheld update, so the server's UpdateGuard logs it and FedAvg goes on
+    with the other sites; the message names problem kinds and counts, never files.
+    """
+    if flare.is_running():
+        flare.receive()
+        flare.send(flare.FLModel(metrics={"site_failed": 1.0}, meta={WITHHELD: str(failure)}))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     flare.init()
     site = flare.get_site_name()
-    spec, data, runtime = _open_site(site, args)
+    try:
+        spec, data, runtime = _open_site(site, args)
+    except SiteFailure as failure:
+        _leave(failure)
+        return
     trainer = make_site_trainer(data, runtime, seed=seed_from(args.seed, zlib.crc32(site.encode())))
     out = Path.cwd() / "fedseg"
     local_model = out / f"{spec.name}_local_model.pt"

@@ -1,0 +1,103 @@
+"""Everything a site sends to the server over a real simulator run, searched for identifiers.
+
+Cases carry patient-like file names inside a folder with a recognisable name; a third site's data
+fails preflight. A recording filter at each client writes down every outgoing result; nothing in
+it may contain a file name, path, folder or patient-like token, while the failed site's reason
+must reach the server without file names.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedseg.data.msd import read_json, write_dataset_json
+from fedseg.data.split import split_dataset
+from fedseg.data.synth import PHANTOMS, synthesize
+from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.flare.simulate import run_simulator
+from fedseg.flare.results import read_job_results
+from fedseg.site_config import write_site_config
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).parent
+FORBIDDEN = ["PAT-00", "DOE", "JOHN", "ROE", "JANE", "19650412", "HOSPITAL_A_PACS", ".nii", "imagesTr",
+             "labelsTr", "/tmp", "site_configs"]
+
+
+def _hospital(tmp: Path) -> Path:
+    """9 phantoms renamed like a PACS export: PAT-00NN_DOE_JOHN_19650412.nii.gz."""
+    src = tmp / "raw"
+    synthesize("spleen", src, cases=9, seed=6, workers=2)
+    root = tmp / "HOSPITAL_A_PACS" / "spleen"
+    items = []
+    for i, entry in enumerate(read_json(src / "dataset.json", "x")["training"]):
+        name = f"PAT-00{i:02d}_{'DOE_JOHN' if i % 2 else 'ROE_JANE'}_19650412.nii.gz"
+        for key in ("image", "label"):
+            target = root / ("imagesTr" if key == "image" else "labelsTr") / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / entry[key], target)
+        items.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+    kind = PHANTOMS["spleen"]
+    write_dataset_json(root, name="x", description="x", modalities=kind.modalities, labels=kind.labels, training=items)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("leak")
+    root = _hospital(tmp)
+    splits = split_dataset(root, 3, root / "splits", seed=1)
+    # site-3's first training image is corrupt: it must fail preflight and say so without naming it.
+    bad = root / json.loads(splits["site-3"].read_text())["training"][0]["image"]
+    bad.write_bytes(bad.read_bytes()[:5000])
+    configs = tmp / "configs"
+    for k in (1, 2, 3):
+        write_site_config(configs / f"site-{k}.yaml", f"site-{k}", {"spleen": (root, splits[f"site-{k}"])},
+                          device="cpu", num_threads=1)
+    job_dir = export_job(JobSpec("spleen", num_rounds=2, local_epochs=1), tmp / "job")
+    client_cfg = job_dir / "app" / "config" / "config_fed_client.json"
+    cfg = json.loads(client_cfg.read_text())
+    cfg["task_result_filters"] = [{"tasks": ["train", "validate", "submit_model"],
+                                   "filters": [{"path": "recording_filter.RecordOutgoing", "args": {}}]}]
+    client_cfg.write_text(json.dumps(cfg, indent=2))
+    shutil.copyfile(HERE / "faults" / "recording_filter.py", job_dir / "app" / "custom" / "recording_filter.py")
+    record = tmp / "record"
+    record.mkdir()
+    import os
+
+    os.environ["FEDSEG_TEST_RECORD"] = str(record)
+    try:
+        run_simulator(job_dir, tmp / "ws", 3, site_config_dir=configs, log_path=tmp / "sim.log")
+    finally:
+        os.environ.pop("FEDSEG_TEST_RECORD")
+    return tmp, record, bad
+
+
+def test_recorder_saw_weights_and_metrics(run):
+    tmp, record, _ = run
+    sent = {p.stem: p.read_text() for p in record.glob("*.jsonl")}
+    assert set(sent) == {"site-1", "site-2", "site-3"}
+    for site in ("site-1", "site-2"):
+        assert '"array"' in sent[site] and "val_dice" in sent[site] and "test_dice_spleen" in sent[site]
+
+
+def test_nothing_sent_names_a_file_path_or_patient(run):
+    tmp, record, _ = run
+    for path in record.glob("*.jsonl"):
+        text = path.read_text()
+        for token in FORBIDDEN:
+            assert token not in text, f"{path.stem} sent {token!r}"
+
+
+def test_failed_site_is_named_at_the_server_without_file_names(run):
+    tmp, _, bad = run
+    server_log = (tmp / "ws" / "server" / "log.txt").read_text()
+    assert ("fedseg: update from site-3 in round 0 excluded from the average: site site-3 cannot train: "
+            "data check failed: 1 fatal problem(s)") in server_log
+    assert "truncated_file x1" in server_log and bad.name not in server_log
+    # The site's own log has the details an IT person needs.
+    assert bad.name in (tmp / "ws" / "site-3" / "log.txt").read_text()
+    results = read_job_results(tmp / "ws")
+    assert [sorted(s["name"] for s in r["sites"]) for r in results.rounds] == [["site-1", "site-2"]] * 2
