@@ -114,14 +114,19 @@ def cmd_infer(a) -> int:
 
 # jobs / simulate --------------------------------------------------------------------------------
 def cmd_jobs_export(a) -> int:
-    from fedseg.flare.jobs import COMMITTED, JobSpec, export_job
+    from fedseg.flare.jobs import COMMITTED, JobSpec, export_job, resumed
 
+    overrides = dict(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients,
+                     privacy=a.privacy)
     if a.task:
-        jobs = (JobSpec(a.task, variant=a.variant or "tiny").with_overrides(
-            num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients),)
+        base = next((j for j in COMMITTED if j.task == a.task), JobSpec(a.task))
+        jobs = (base.with_overrides(**overrides),)
     else:
-        jobs = tuple(j.with_overrides(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs,
-                                      min_clients=a.min_clients) for j in COMMITTED)
+        jobs = tuple(j.with_overrides(**overrides) for j in COMMITTED)
+    if a.resume_from:
+        if len(jobs) != 1:
+            raise FedsegError("--resume-from needs --task: it resumes one job")
+        jobs = (resumed(jobs[0], Path(a.resume_from), a.server_path),)
     for job in jobs:
         print(f"exported {export_job(job, Path(a.out))}")
     return 0
@@ -131,8 +136,12 @@ def cmd_simulate(a) -> int:
     import json
 
     from fedseg.flare.jobs import COMMITTED, JobSpec, committed_job
-    from fedseg.flare.simulate import simulate
+    from fedseg.flare.simulate import resume_run, simulate
 
+    if a.resume:
+        result = resume_run(Path(a.resume))
+        _print_simulation(result.results.job_dir.name, result, Path(a.resume) / "resumed")
+        return 0
     job_dir = None
     if a.job:
         job_dir = Path(a.job)
@@ -143,22 +152,27 @@ def cmd_simulate(a) -> int:
     else:
         task = a.task or "spleen"
         job = next((j for j in COMMITTED if j.task == task and j.algorithm == "fedavg"), JobSpec(task))
-    overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites))
+    overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites),
+                                    privacy=a.privacy)
     if overridden != job:
         job, job_dir = overridden, None  # re-export with the overrides instead of editing the folder
     data_dir = Path(a.data or f"data/{job.task}")
     run_dir = Path(a.run_dir or f"runs/{job.name}")
     result = simulate(job, n_sites=a.sites, data_dir=data_dir, run_dir=run_dir, cases=a.cases, seed=a.seed,
                       job_dir=job_dir)
+    _print_simulation(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local epochs "
+                      f"({job.variant} variant)", result, run_dir)
+    return 0
+
+
+def _print_simulation(title: str, result, run_dir: Path) -> None:
     print()
-    print(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local epochs "
-          f"({job.variant} variant); Dice on each site's test cases:")
+    print(f"{title}; Dice on each site's test cases:")
     print(result.table())
     if result.failed_sites:
         print(f"WARNING: site(s) {', '.join(result.failed_sites)} failed during the run; see {run_dir / 'simulator.log'}")
     print(f"best round: {result.best_round}; wall time {result.wall_time_s:.0f} s "
           f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--local-epochs", type=int, default=None)
     p.add_argument("--min-clients", type=int, default=None)
+    p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"),
+                   help="exclude: normalization layers stay at each site; percentile: NVFlare PercentilePrivacy")
+    p.add_argument("--resume-from", default=None, metavar="FL_GLOBAL_MODEL.pt",
+                   help="continue a stopped job from this saved global model, at the round after the one it records")
+    p.add_argument("--server-path", default=None, help="where the server sees --resume-from (default: its local path)")
     p.set_defaults(func=cmd_jobs_export)
 
     p = sub.add_parser("simulate", help="synth + split + nvflare simulator + results table")
@@ -232,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="dataset folder (default data/<task>)")
     p.add_argument("--run-dir", default=None, help="default runs/<job name>")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"))
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a stopped run from its last global model (into RUN_DIR/resumed)")
     p.set_defaults(func=cmd_simulate)
+    from fedseg.ray.cli import add_tune_command
+    add_tune_command(sub)
     return parser
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from monai.networks.nets import UNet
 
+# Normalization layers of MONAI's UNet (the "N" of each ADN block): parameters and running statistics.
+NORM_LAYERS = r"\.adn\.N\."
+
 from fedseg.tasks import get_task
 from fedseg.tasks.spec import TaskSpec
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 import time
 import zlib
 from pathlib import Path
+from typing import Mapping
 
 import nvflare.client as flare
+import torch
 
 from fedseg.checkpoint import save_model
 from fedseg.engine import Runtime
@@ -45,7 +49,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer", default=None, help="one of the task's optimizer choices (default: the card's)")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-local", default=None, metavar="REGEX",
+                   help="parameters matching REGEX stay the site's own (e.g. normalization layers, FedBN)")
     return p.parse_args(argv)
+
+
+def keep_local(received: Mapping, local: Mapping | None, pattern: str | None) -> Mapping:
+    """The received model with the site's own values for parameters matching ``pattern``.
+
+    Such parameters never leave the site, so after the first round the server's model lacks them
+    altogether; they are filled in from the site's last local model.
+    """
+    if not pattern or local is None:
+        return received
+    kept = re.compile(pattern)
+    merged = dict(received)
+    merged.update({k: v for k, v in local.items() if kept.search(k)})
+    return merged
+
+
+def weights_norm(weights: Mapping) -> float:
+    """L2 norm over the floating-point parameters: a fingerprint of which model a round started from."""
+    total = 0.0
+    for v in weights.values():
+        t = torch.as_tensor(v)
+        if t.is_floating_point():
+            total += float(t.double().pow(2).sum())
+    return math.sqrt(total)
 
 
 def _open_site(site: str, args: argparse.Namespace):
@@ -109,15 +139,16 @@ def main(argv: list[str] | None = None) -> None:
                     raise SiteFailure(f"site {site}: asked for its local model before training any round")
                 flare.send(flare.FLModel(params=last_weights))
                 continue
+            params = keep_local(model.params, last_weights, args.keep_local)
             if flare.is_evaluate():
-                scores = trainer.evaluate(model.params, "test")
+                scores = trainer.evaluate(params, "test")
                 log.info("fedseg %s: cross-site test Dice %.4f on %d case(s)", site, scores.mean, scores.n_cases)
                 flare.send(flare.FLModel(metrics=scores.as_metrics("test")))
                 continue
             start = time.perf_counter()
-            val = trainer.evaluate(model.params, "validation")
+            val = trainer.evaluate(params, "validation")
             try:
-                result = trainer.train(model.params, args.local_epochs, progress=round_progress(model))
+                result = trainer.train(params, args.local_epochs, progress=round_progress(model))
             except NonFiniteLossError as exc:
                 # Withhold this round's update; the server's UpdateGuard logs it and FedAvg skips it.
                 log.error("fedseg %s round %s: %s; update withheld", site, model.current_round, exc)
@@ -126,9 +157,9 @@ def main(argv: list[str] | None = None) -> None:
             last_weights = result.weights
             save_model(local_model, result.weights, spec, round=model.current_round)
             metrics = {**val.as_metrics("val"), "train_loss": result.final_loss, "learning_rate": result.learning_rate}
-            with history.open("a") as fh:
+            with history.open("a") as fh:  # stays at the site
                 fh.write(json.dumps({"round": model.current_round, "seconds": round(time.perf_counter() - start, 2),
-                                     **metrics}) + "\n")
+                                     "global_weights_norm": weights_norm(model.params), **metrics}) + "\n")
             log.info("fedseg %s round %s: global model val_dice %.4f; trained %d iteration(s), loss %.4f",
                      site, model.current_round, val.mean, result.iterations, result.final_loss)
             flare.send(flare.FLModel(params=result.weights, metrics=metrics,

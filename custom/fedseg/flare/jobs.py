@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fedseg.errors import CheckpointError, FedsegError
+from fedseg.networks import NORM_LAYERS, TaskNetwork
 from fedseg.tasks import get_task
 
 CLIENT_SCRIPT = Path(__file__).with_name("fedseg_client.py")
 ALGORITHMS = ("fedavg",)
+PRIVACY = ("none", "exclude", "percentile")
 KEY_METRIC = "val_dice"
 
 
@@ -33,24 +37,38 @@ class JobSpec:
     local_epochs: int = 6
     min_clients: int = 2
     seed: int = 0
+    # "exclude": normalization layers never leave a site (FedBN); "percentile": NVFlare's
+    # PercentilePrivacy on the weight differences.
+    privacy: str = "none"
+    # Restart: the server-side path of a global model to start from, and the round it resumes at.
+    initial_model: str | None = None
+    start_round: int = 0
 
     def __post_init__(self) -> None:
         get_task(self.task, self.variant)  # refuses unknown tasks and variants early
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.privacy not in PRIVACY:
+            raise ValueError(f"unknown privacy option {self.privacy!r}; choose one of {', '.join(PRIVACY)}")
         for what in ("num_rounds", "local_epochs", "min_clients"):
             if getattr(self, what) < 1:
                 raise ValueError(f"{what} must be at least 1, got {getattr(self, what)}")
+        if self.initial_model is not None and not Path(self.initial_model).is_absolute():
+            raise ValueError(f"initial_model must be an absolute path on the server, got {self.initial_model!r}")
 
     @property
     def name(self) -> str:
         suffix = "" if self.variant == "tiny" else f"_{self.variant}"
+        suffix += "" if self.privacy == "none" else f"_{self.privacy}"
+        suffix += f"_from_round{self.start_round}" if self.initial_model else ""
         return f"{self.task}_{self.algorithm}{suffix}"
 
     @property
     def train_args(self) -> str:
-        return (f"--task {self.task} --variant {self.variant} --local-epochs {self.local_epochs} "
-                f"--seed {self.seed}")
+        args = f"--task {self.task} --variant {self.variant} --local-epochs {self.local_epochs} --seed {self.seed}"
+        if self.privacy == "exclude":
+            args += f" --keep-local {NORM_LAYERS}"
+        return args
 
     def with_overrides(self, **changes) -> "JobSpec":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -79,10 +97,15 @@ def _recipe_class():
     class ConsortiumFedAvgRecipe(FedAvgRecipe):
         """NVFlare's PyTorch FedAvg recipe with the controller swapped for :class:`ConsortiumFedAvg`."""
 
+        def __init__(self, *args, start_round: int = 0, **kwargs):
+            self.start_round = start_round
+            super().__init__(*args, **kwargs)
+
         def _create_controller(self, persistor_id, model_params, model_aggregator):
             return ConsortiumFedAvg(
                 min_clients=self.min_clients,
                 num_rounds=self.num_rounds,
+                start_round=self.start_round,
                 persistor_id=persistor_id,
                 model=model_params,
                 save_filename=self.save_filename,
@@ -104,6 +127,8 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
 
     ``client_script`` is resolved against the working directory when the recipe is exported.
     """
+    from nvflare.app_common.filters import ExcludeVars, PercentilePrivacy
+    from nvflare.client.config import TransferType
     from nvflare.recipe import add_cross_site_evaluation
 
     from fedseg.flare.guard import UpdateGuard
@@ -112,15 +137,26 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     recipe = _recipe_class()(
         name=job.name,
         model=model,
+        initial_ckpt=job.initial_model,
+        start_round=job.start_round,
         min_clients=job.min_clients,
         num_rounds=job.num_rounds,
         train_script=client_script,
         train_args=job.train_args,
         key_metric=KEY_METRIC,
         key_metric_mode="max",
+        # Percentile privacy acts on weight differences, which the Client API then computes for us.
+        params_transfer_type=TransferType.DIFF if job.privacy == "percentile" else TransferType.FULL,
     )
     add_cross_site_evaluation(recipe)
     recipe.add_server_input_filter(UpdateGuard(), tasks=["train"])
+    if job.privacy == "exclude":
+        # Named one by one (ExcludeVars' regex form cannot be exported), which also makes the job an
+        # auditable list of what never leaves a site.
+        kept = [k for k in TaskNetwork(job.task, job.variant).state_dict() if re.search(NORM_LAYERS, k)]
+        recipe.add_client_output_filter(ExcludeVars(exclude_vars=kept), tasks=["train", "submit_model"])
+    elif job.privacy == "percentile":
+        recipe.add_client_output_filter(PercentilePrivacy(percentile=10, gamma=0.01), tasks=["train"])
     # fedseg is installed where the job runs (or bundled whole, see export_job): tell the exporter
     # not to copy the source files of fedseg components into app/custom. The recipe API has no
     # public handle for this FedJob setting.
@@ -158,3 +194,26 @@ def _working_dir(path: Path):
 
 def export_all(out_root: Path, jobs: tuple[JobSpec, ...] = COMMITTED) -> list[Path]:
     return [export_job(job, out_root) for job in jobs]
+
+
+def saved_round(model_file: Path) -> int:
+    """The last aggregated round recorded in an NVFlare global-model file (FL_global_model.pt)."""
+    from fedseg.checkpoint import read_model_file
+
+    meta = read_model_file(model_file).get("meta_props") or {}
+    if not isinstance(meta.get("current_round"), int):
+        raise CheckpointError(f"{model_file}: records no round (not a global model saved by an NVFlare server)")
+    return meta["current_round"]
+
+
+def resumed(job: JobSpec, model_file: Path, server_path: str | None = None) -> JobSpec:
+    """The rest of ``job`` after the round saved in ``model_file``, starting from that model.
+
+    ``server_path`` is where the server will find the file (defaults to ``model_file`` itself).
+    """
+    done = saved_round(model_file) + 1
+    total = job.start_round + job.num_rounds
+    if done >= total:
+        raise FedsegError(f"{model_file}: saved after round {done - 1}; the job's {total} rounds are all done")
+    return replace(job, initial_model=server_path or str(Path(model_file).resolve()), start_round=done,
+                   num_rounds=total - done)

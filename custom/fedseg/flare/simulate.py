@@ -7,20 +7,21 @@ workspace into a table of the final and best global models' Dice on every site's
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedseg.data.msd import read_dataset_info
 from fedseg.data.split import split_dataset
 from fedseg.data.synth import synthesize
 from fedseg.errors import FedsegError
-from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.flare.jobs import JobSpec, export_job, resumed
 from fedseg.flare.results import BEST_MODEL, FINAL_MODEL, JobResults, read_job_results
 from fedseg.results import SiteScore, models_to_json, render_table, write_json
 from fedseg.site_config import ENV_DIR, write_site_config
@@ -120,6 +121,9 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    # What ran, so that a stopped run can be resumed (fedseg simulate --resume RUN_DIR).
+    (run_dir / "run.json").write_text(json.dumps({"job": asdict(job), "sites": n_sites, "data": str(Path(data_dir).resolve()),
+                                                  "cases": cases, "seed": seed, "shares": shares}, indent=2))
     config_dir = prepare_sites(job.task, data_dir, n_sites, run_dir, cases=cases, seed=seed, shares=shares)
     if job_dir is None:
         job_dir = export_job(job, run_dir / "job")
@@ -139,3 +143,21 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
         "workspace": str(workspace), "failed_sites": failed,
     })
     return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results, failed)
+
+
+def resume_run(run_dir: Path) -> SimulationResult:
+    """Continue a stopped simulator run from its last saved global model, in ``run_dir/resumed``."""
+    run_dir = Path(run_dir).resolve()
+    record = run_dir / "run.json"
+    if not record.is_file():
+        raise FedsegError(f"{run_dir}: not a fedseg simulate run folder (no run.json)")
+    info = json.loads(record.read_text())
+    saved = run_dir / "workspace" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+    if not saved.is_file():
+        raise FedsegError(f"{saved}: no global model was saved, so there is nothing to resume from")
+    kept = run_dir / "resume_from.pt"
+    shutil.copyfile(saved, kept)  # the new run gets its own workspace; keep the model outside it
+    job = resumed(JobSpec(**info["job"]), kept)
+    log.info("resuming %s at round %d of %d from %s", job.task, job.start_round, job.start_round + job.num_rounds, kept)
+    return simulate(job, n_sites=info["sites"], data_dir=Path(info["data"]), run_dir=run_dir / "resumed",
+                    cases=info["cases"], seed=info["seed"], shares=info["shares"])
