@@ -81,3 +81,18 @@ def test_nothing_leaves_a_site_that_names_a_case(sim):
     sent = (result.results.job_dir / "metrics" / "round_metrics.jsonl").read_text()
     sent += (result.results.job_dir / "cross_site_val" / "cross_val_results.json").read_text()
     assert "spleen_" not in sent and ".nii" not in sent and "imagesTr" not in sent
+
+
+def test_report_tables_plots_and_tracking(sim):
+    result, run = sim
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["cross_site"]) == {"final global", "best global (round 1)", "site-1 local", "site-2 local"}
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert set(report["rounds"][1]["sites"]) == {"site-1", "site-2"}
+    md = (run / "report.md").read_text()
+    assert "## Cross-site evaluation" in md and "| site-2 local" in md
+    for png in ("training_loss.png", "validation_dice.png"):
+        assert (run / png).stat().st_size > 10_000
+    # TensorBoard events from every site reached the server through NVFlare's tracking.
+    events = list((result.workspace / "server" / "simulate_job").rglob("events.out.tfevents*"))
+    assert {p.parent.name for p in events} >= {"site-1", "site-2"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def cmd_jobs_export(a) -> int:
     from fedseg.flare.jobs import COMMITTED, JobSpec, export_job, resumed
 
     overrides = dict(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients,
-                     privacy=a.privacy)
+                     privacy=a.privacy, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus))
     if a.task:
         base = next((j for j in COMMITTED if j.task == a.task), JobSpec(a.task))
         jobs = (base.with_overrides(**overrides),)
@@ -128,13 +129,23 @@ def cmd_jobs_export(a) -> int:
             raise FedsegError("--resume-from needs --task: it resumes one job")
         jobs = (resumed(jobs[0], Path(a.resume_from), a.server_path),)
     for job in jobs:
-        print(f"exported {export_job(job, Path(a.out))}")
+        print(f"exported {export_job(job, Path(a.out), bundle_code=a.bundle_code)}")
     return 0
 
 
-def cmd_simulate(a) -> int:
-    import json
+def _site_gpus(values: list[str] | None) -> tuple[tuple[str, int], ...] | None:
+    if not values:
+        return None
+    pairs = []
+    for value in values:
+        site, _, count = value.partition("=")
+        if not site or not count.isdigit():
+            raise FedsegError(f"--site-gpus takes SITE=N (e.g. site-3=2), got {value!r}")
+        pairs.append((site, int(count)))
+    return tuple(pairs)
 
+
+def cmd_simulate(a) -> int:
     from fedseg.flare.jobs import COMMITTED, JobSpec, committed_job
     from fedseg.flare.simulate import resume_run, simulate
 
@@ -172,7 +183,37 @@ def _print_simulation(title: str, result, run_dir: Path) -> None:
     if result.failed_sites:
         print(f"WARNING: site(s) {', '.join(result.failed_sites)} failed during the run; see {run_dir / 'simulator.log'}")
     print(f"best round: {result.best_round}; wall time {result.wall_time_s:.0f} s "
-          f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}")
+          f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}; "
+          f"report and plots in {run_dir / 'report.md'}, {run_dir / 'validation_dice.png'}")
+
+
+def cmd_report(a) -> int:
+    from fedseg.flare.report import write_report
+
+    report, out = write_report(Path(a.path), Path(a.out) if a.out else None,
+                               [Path(c) for c in a.compare] if a.compare else None)
+    print(report.markdown())
+    print(f"\nwrote {out / 'report.md'}, {out / 'report.json'}, {out / 'training_loss.png'}, "
+          f"{out / 'validation_dice.png'}")
+    return 0
+
+
+def cmd_poc(a) -> int:
+    from fedseg.flare.jobs import COMMITTED, JobSpec, export_job
+    from fedseg.flare.poc import run_poc
+    from fedseg.results import render_table
+
+    task = a.task
+    job = next((j for j in COMMITTED if j.task == task), JobSpec(task)).with_overrides(
+        num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites))
+    run_dir = Path(a.run_dir or f"runs/{job.name}_poc")
+    job_dir = export_job(job, run_dir / "job", bundle_code=a.bundle_code)
+    run = run_poc(job, job_dir, n_sites=a.sites, data_dir=Path(a.data or f"data/{task}"), run_dir=run_dir,
+                  cases=a.cases, seed=a.seed, via=a.via)
+    print(f"\njob {run.job_id}: {run.status}; Dice on each site's test cases:")
+    print(render_table(run.models, tuple(json.loads((run_dir / 'results.json').read_text())["classes"])))
+    print(f"result downloaded to {run.result_dir}; report in {run_dir / 'report.md'}; wall time {run.wall_time_s:.0f} s")
+    return 0 if run.status == "FINISHED:COMPLETED" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume-from", default=None, metavar="FL_GLOBAL_MODEL.pt",
                    help="continue a stopped job from this saved global model, at the round after the one it records")
     p.add_argument("--server-path", default=None, help="where the server sees --resume-from (default: its local path)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs every site must offer (meta.json resource_spec)")
+    p.add_argument("--site-gpus", nargs="+", default=None, metavar="SITE=N", help="per-site GPU overrides")
+    p.add_argument("--bundle-code", action="store_true",
+                   help="ship the fedseg package in app/custom (sites need nvflare, torch, MONAI, not fedseg)")
     p.set_defaults(func=cmd_jobs_export)
 
     p = sub.add_parser("simulate", help="synth + split + nvflare simulator + results table")
@@ -255,6 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a stopped run from its last global model (into RUN_DIR/resumed)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("report", help="tables, JSON and plots from a finished job (simulator, POC or production)")
+    p.add_argument("path", help="run folder, workspace, downloaded job result or server job folder")
+    p.add_argument("--out", default=None, help="where to write report.md/json and the plots (default: PATH)")
+    p.add_argument("--compare", nargs="+", default=None, metavar="RUN_DIR",
+                   help="fedseg train runs to show beside the federated figures (default: found beside PATH)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("poc", help="a local NVFlare POC deployment: provision, start, submit, wait, download, stop")
+    p.add_argument("--task", default="spleen", choices=task_names())
+    p.add_argument("--sites", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--local-epochs", type=int, default=None)
+    p.add_argument("--cases", type=int, default=30)
+    p.add_argument("--data", default=None, help="dataset folder (default data/<task>)")
+    p.add_argument("--run-dir", default=None, help="default runs/<job name>_poc")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--via", choices=("cli", "api"), default="cli",
+                   help="submit with `nvflare job submit` or the FLARE API (Session.submit_job)")
+    p.add_argument("--bundle-code", action="store_true", help="ship fedseg inside the job (BYOC)")
+    p.set_defaults(func=cmd_poc)
     from fedseg.ray.cli import add_tune_command
     add_tune_command(sub)
     return parser

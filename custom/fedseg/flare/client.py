@@ -21,6 +21,7 @@ from typing import Mapping
 
 import nvflare.client as flare
 import torch
+from nvflare.client.tracking import SummaryWriter
 
 from fedseg.checkpoint import save_model
 from fedseg.engine import Runtime
@@ -94,8 +95,8 @@ def _open_site(site: str, args: argparse.Namespace):
     if data.report.fatal:
         log.error("fedseg %s: data check failed:\n%s", site, data.report.render())
         raise SiteFailure(f"site {site} cannot train: data check failed: {data.report.summary()}")
-    log.info("fedseg %s: data check passed (%s); task %s/%s on %s", site, data.report.summary(), spec.name,
-             spec.variant_name, runtime.device)
+    log.info("fedseg %s: site config %s; data check passed (%s); task %s/%s on %s", site, cfg.path,
+             data.report.summary(), spec.name, spec.variant_name, runtime.device)
     return spec, data, runtime
 
 
@@ -126,7 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     except SiteFailure as failure:
         _leave(failure)
         return
+    import fedseg
+
+    log.info("fedseg %s: fedseg %s from %s", site, fedseg.__version__, Path(fedseg.__file__).parent)
     trainer = make_site_trainer(data, runtime, seed=seed_from(args.seed, zlib.crc32(site.encode())))
+    tracker = SummaryWriter()
     out = Path.cwd() / "fedseg"
     local_model = out / f"{spec.name}_local_model.pt"
     history = out / f"{spec.name}_rounds.jsonl"
@@ -160,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
             with history.open("a") as fh:  # stays at the site
                 fh.write(json.dumps({"round": model.current_round, "seconds": round(time.perf_counter() - start, 2),
                                      "global_weights_norm": weights_norm(model.params), **metrics}) + "\n")
+            for key, value in metrics.items():
+                if math.isfinite(value):
+                    tracker.add_scalar(key, value, global_step=model.current_round)
             log.info("fedseg %s round %s: global model val_dice %.4f; trained %d iteration(s), loss %.4f",
                      site, model.current_round, val.mean, result.iterations, result.final_loss)
             flare.send(flare.FLModel(params=result.weights, metrics=metrics,

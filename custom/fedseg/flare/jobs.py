@@ -43,6 +43,10 @@ class JobSpec:
     # Restart: the server-side path of a global model to start from, and the round it resumes at.
     initial_model: str | None = None
     start_round: int = 0
+    # GPUs each site must offer for the job to be scheduled (meta.json resource_spec), with per-site
+    # overrides as (site, gpus) pairs. A CPU-only POC still schedules them: see fedseg.flare.poc.
+    gpus: int = 1
+    site_gpus: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         get_task(self.task, self.variant)  # refuses unknown tasks and variants early
@@ -53,6 +57,8 @@ class JobSpec:
         for what in ("num_rounds", "local_epochs", "min_clients"):
             if getattr(self, what) < 1:
                 raise ValueError(f"{what} must be at least 1, got {getattr(self, what)}")
+        if self.gpus < 0 or any(n < 0 for _, n in self.site_gpus):
+            raise ValueError("GPU counts cannot be negative")
         if self.initial_model is not None and not Path(self.initial_model).is_absolute():
             raise ValueError(f"initial_model must be an absolute path on the server, got {self.initial_model!r}")
 
@@ -69,6 +75,16 @@ class JobSpec:
         if self.privacy == "exclude":
             args += f" --keep-local {NORM_LAYERS}"
         return args
+
+    @property
+    def resource_spec(self) -> dict:
+        """NVFlare ``resource_spec``: a default for every site, then per-site overrides.
+
+        Only portable keys: NVFlare refuses per-GPU memory under ``@default``.
+        """
+        spec = {"@default": {"num_of_gpus": self.gpus}}
+        spec.update({site: {"num_of_gpus": n} for site, n in self.site_gpus})
+        return spec
 
     def with_overrides(self, **changes) -> "JobSpec":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -127,9 +143,10 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
 
     ``client_script`` is resolved against the working directory when the recipe is exported.
     """
+    from nvflare.apis.job_def import JobMetaKey
     from nvflare.app_common.filters import ExcludeVars, PercentilePrivacy
     from nvflare.client.config import TransferType
-    from nvflare.recipe import add_cross_site_evaluation
+    from nvflare.recipe import add_cross_site_evaluation, add_experiment_tracking, set_recipe_meta
 
     from fedseg.flare.guard import UpdateGuard
 
@@ -149,6 +166,9 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
         params_transfer_type=TransferType.DIFF if job.privacy == "percentile" else TransferType.FULL,
     )
     add_cross_site_evaluation(recipe)
+    # Sites stream loss, learning rate and per-class Dice; the server writes TensorBoard event files.
+    add_experiment_tracking(recipe, "tensorboard")
+    set_recipe_meta(recipe, JobMetaKey.RESOURCE_SPEC, job.resource_spec)
     recipe.add_server_input_filter(UpdateGuard(), tasks=["train"])
     if job.privacy == "exclude":
         # Named one by one (ExcludeVars' regex form cannot be exported), which also makes the job an
@@ -164,10 +184,12 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     return recipe
 
 
-def export_job(job: JobSpec, out_root: Path, client_script: Path = CLIENT_SCRIPT) -> Path:
+def export_job(job: JobSpec, out_root: Path, client_script: Path = CLIENT_SCRIPT, *, bundle_code: bool = False) -> Path:
     """Write ``out_root/<job.name>/`` (replacing an older export) and return its path.
 
     ``client_script`` is the entry point shipped in ``app/custom/`` (tests swap in fault injectors).
+    With ``bundle_code`` the whole fedseg package goes into ``app/custom/`` too, so that the server
+    and sites need nvflare, torch and MONAI but not fedseg (NVFlare's BYOC).
     """
     out_root, client_script = Path(out_root).resolve(), Path(client_script).resolve()
     target = out_root / job.name
@@ -179,6 +201,10 @@ def export_job(job: JobSpec, out_root: Path, client_script: Path = CLIENT_SCRIPT
     with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):
         shutil.copyfile(client_script, client_script.name)
         build_recipe(job, client_script.name).export(str(out_root))
+    if bundle_code:
+        package = Path(__file__).resolve().parents[1]
+        shutil.copytree(package, target / "app" / "custom" / "fedseg",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return target
 
 

@@ -43,13 +43,14 @@ class JobResults:
 
 
 def find_server_job_dir(path: Path) -> Path:
-    """Accept a simulator workspace, a server workspace, or the job folder itself."""
+    """Accept a run folder, a simulator or server workspace, a downloaded result or the job folder itself."""
     path = Path(path)
-    candidates = [path, path / "server" / "simulate_job", path / "simulate_job"]
-    candidates += sorted(path.glob("server/*/")) + sorted(path.glob("*/"))
-    for c in candidates:
-        if (c / "cross_site_val" / "cross_val_results.json").is_file():
-            return c
+    if (path / "cross_site_val" / "cross_val_results.json").is_file():
+        return path
+    for depth in ("*", "*/*", "*/*/*"):
+        found = sorted(path.glob(f"{depth}/cross_site_val/cross_val_results.json"))
+        if found:
+            return found[0].parent.parent
     raise FedsegError(f"{path}: no finished job found (looked for cross_site_val/cross_val_results.json)")
 
 

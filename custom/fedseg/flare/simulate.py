@@ -134,15 +134,24 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     results, models = summarize(workspace, class_names)
     failed = failed_sites(results, n_sites)
     wall = time.perf_counter() - start
-    write_json(run_dir / "results.json", {
-        "task": job.task, "variant": job.variant, "algorithm": job.algorithm, "sites": n_sites,
-        "rounds": job.num_rounds, "local_epochs": job.local_epochs, "job": str(job_dir),
+    record_results(run_dir, job, n_sites, class_names, results, models, failed, wall_time_s=round(wall, 1),
+                   simulator_time_s=round(sim_time, 1), job_dir=str(job_dir), workspace=str(workspace))
+    return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results, failed)
+
+
+def record_results(run_dir: Path, job: JobSpec, n_sites: int, class_names, results: JobResults, models: dict,
+                   failed: list[str], **extra) -> None:
+    """``results.json`` (the table as JSON) and the full report (``report.md``, JSON, plots) in ``run_dir``."""
+    write_json(Path(run_dir) / "results.json", {
+        "task": job.task, "variant": job.variant, "algorithm": job.algorithm, "privacy": job.privacy,
+        "sites": n_sites, "rounds": job.num_rounds, "start_round": job.start_round, "local_epochs": job.local_epochs,
         "classes": list(class_names), "best_round": results.best_round,
         "best_round_meaning": "round whose incoming global model scored the best mean validation Dice",
-        "models": models_to_json(models), "wall_time_s": round(wall, 1), "simulator_time_s": round(sim_time, 1),
-        "workspace": str(workspace), "failed_sites": failed,
+        "models": models_to_json(models), "failed_sites": failed, **extra,
     })
-    return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results, failed)
+    from fedseg.flare.report import write_report
+
+    write_report(run_dir, run_dir)
 
 
 def resume_run(run_dir: Path) -> SimulationResult:

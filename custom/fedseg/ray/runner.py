@@ -31,7 +31,7 @@ from fedseg.errors import CheckpointError, ConfigError, FedsegError, NonFiniteLo
 from fedseg.ray import require_ray
 from fedseg.ray.cluster import RayCluster
 from fedseg.ray.common import FAULT_ENV, DEFAULT_OBJECT_STORE_MB, Fault, steps_per_epoch
-from fedseg.ray.worker import SCORES_FILE, STATE_FILE, run_loop
+from fedseg.ray.worker import SCORES_FILE, STATE_FILE, WorkerNonFiniteLoss, run_loop
 from fedseg.results import SiteScore, models_to_json, with_pooled, write_json
 from fedseg.runners.local import LocalRunResult, check_same_classes
 from fedseg.site_config import SiteConfig
@@ -199,11 +199,10 @@ def fit_on_workers(loop, cfg: dict, plan, run_dir: Path, name: str, max_failures
 def _non_finite(exc: BaseException) -> NonFiniteLossError | None:
     """The :class:`NonFiniteLossError` a worker raised, if that is why the run failed."""
     for err in (getattr(exc, "worker_failures", None) or {}).values():
-        if isinstance(err, NonFiniteLossError):  # Ray re-raises worker errors as subclasses of their type
-            return NonFiniteLossError(getattr(err, "epoch", 0), getattr(err, "iteration", 0),
-                                      getattr(err, "value", float("nan")))
-        if "non-finite loss" in str(err):
-            return NonFiniteLossError(0, 0, float("nan"))
+        # Ray re-raises a worker's error as a subclass of its type (or wraps it, on older paths).
+        for candidate in (err, getattr(err, "cause", None), err.__cause__):
+            if isinstance(candidate, (WorkerNonFiniteLoss, NonFiniteLossError)):
+                return NonFiniteLossError(candidate.epoch, candidate.iteration, candidate.value)
     return None
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import uuid
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import torch
 
@@ -35,6 +36,31 @@ from fedseg.site_data import SiteData
 from fedseg.transforms import seed_from
 
 log = logging.getLogger("fedseg")
+T = TypeVar("T")
+
+
+def in_own_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread and return its result (or raise its error) here.
+
+    NVFlare's in-process client turns ``print`` in the client's thread into log lines and drops
+    ``file=``; Ray's function export prints ``dis.dis(..., file=StringIO)``, which then floods the
+    site log with about 12,000 lines of bytecode per round. A fresh thread prints normally.
+    Never start Ray itself this way: its head processes are killed when the starting thread ends.
+    """
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="fedseg-ray", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class RaySiteTrainer:
@@ -78,6 +104,7 @@ class RaySiteTrainer:
         if not all_finite(weights):
             # Every worker would stop at the first step; refuse before paying for a fit().
             raise NonFiniteLossError(0, 0, float("nan"))
+        # In the caller's thread: Ray's head processes die with the thread that started them (PDEATHSIG).
         plan = self._start()
         self._rounds += 1
         site = self.data.site
@@ -91,8 +118,9 @@ class RaySiteTrainer:
             "weights": weights, "optimizer": self._optimizer_state, "epochs": epochs, "progress": progress,
             "label": site.site,
         }
-        checkpoint = fit_on_workers(round_loop, cfg, plan, self.work_dir, name, self.max_failures,
-                                    on_failure=f"site {site.site} withholds this round's update")
+        checkpoint = in_own_thread(lambda: fit_on_workers(
+            round_loop, cfg, plan, self.work_dir, name, self.max_failures,
+            on_failure=f"site {site.site} withholds this round's update"))
         with checkpoint.as_directory() as d:
             states = [torch.load(Path(d) / weights_file(r), map_location="cpu", weights_only=True)
                       for r in range(plan.workers)]

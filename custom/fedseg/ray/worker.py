@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from fedseg.engine import DiceScores, Runtime, SegmentationEngine
 from fedseg.engine.data import EvalData, TrainData
+from fedseg.errors import NonFiniteLossError
 from fedseg.ray.common import Fault, shard
 from fedseg.transforms import seed_from
 
@@ -42,6 +43,29 @@ ROUND_FILE = "round.pt"
 
 def weights_file(rank: int) -> str:
     return f"weights_rank{rank}.pt"
+
+
+class WorkerNonFiniteLoss(RuntimeError):
+    """A worker's :class:`NonFiniteLossError` in a form Ray can carry back to the driver.
+
+    Ray re-creates worker errors by unpickling, and ``NonFiniteLossError``'s constructor does not
+    accept its own pickled arguments; the driver turns this back into a ``NonFiniteLossError``.
+    """
+
+    def __init__(self, epoch: int, iteration: int, value: float):
+        super().__init__(f"non-finite loss ({value}) at epoch {epoch}, iteration {iteration}: training stopped")
+        self.epoch, self.iteration, self.value = epoch, iteration, value
+
+    def __reduce__(self):
+        return (WorkerNonFiniteLoss, (self.epoch, self.iteration, self.value))
+
+
+def train_steps(engine: SegmentationEngine, data: TrainData, **kwargs):
+    """``engine.train`` with a non-finite loss re-raised as :class:`WorkerNonFiniteLoss`."""
+    try:
+        return engine.train(data, **kwargs)
+    except NonFiniteLossError as exc:
+        raise WorkerNonFiniteLoss(exc.epoch, exc.iteration, exc.value) from None
 
 
 class InjectedStop(RuntimeError):
@@ -233,8 +257,8 @@ def run_loop(cfg: dict) -> None:
         maybe_kill(cfg, done + 1, rank)
         reseed(train, cfg["seed"], rank, done)
         t0 = time.perf_counter()
-        result = engine.train(train, iterations=steps, progress=(done / epochs, (done + 1) / epochs),
-                              label=f"fedseg ray rank {rank} epoch {done + 1}/{epochs}")
+        result = train_steps(engine, train, iterations=steps, progress=(done / epochs, (done + 1) / epochs),
+                             label=f"fedseg ray rank {rank} epoch {done + 1}/{epochs}")
         seconds = time.perf_counter() - t0
         done += 1
         row = {"epoch": done, "train_loss": mean_across(engine, epoch_loss(result.epoch_losses), world),
@@ -283,8 +307,8 @@ def round_loop(cfg: dict) -> None:
         reseed(train, cfg["seed"], rank, e)
         progress = (start + (end - start) * e / epochs, start + (end - start) * (e + 1) / epochs) \
             if cfg["progress"] is not None else None
-        result = engine.train(train, iterations=steps, progress=progress,
-                              label=f"fedseg {cfg['label']} ray rank {rank} epoch {e + 1}/{epochs}")
+        result = train_steps(engine, train, iterations=steps, progress=progress,
+                             label=f"fedseg {cfg['label']} ray rank {rank} epoch {e + 1}/{epochs}")
         losses.append(mean_across(engine, epoch_loss(result.epoch_losses), world))
         lr = result.learning_rate
     with tempfile.TemporaryDirectory() as d:

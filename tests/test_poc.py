@@ -1,0 +1,102 @@
+"""A real NVFlare POC deployment on loopback: provision, start, submit (CLI and FLARE API), download, report.
+
+Everything runs in scratch folders (HOME and NVFLARE_POC_WORKSPACE point there) and every process the
+deployment started is stopped at the end, also when a test fails.
+"""
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from fedseg.data.synth import synthesize
+from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.flare.poc import PocDeployment, run_poc
+from fedseg.flare.report import write_report
+from fedseg.flare.results import BEST_MODEL, FINAL_MODEL, read_job_results
+from fedseg.flare.simulate import prepare_sites
+from fedseg.site_config import load_site_config
+
+pytestmark = pytest.mark.slow
+SITES = ["site-1", "site-2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("poc") / "data"
+    synthesize("spleen", root, cases=8, seed=8, workers=2)
+    return root
+
+
+def _complete(result_dir: Path) -> None:
+    """Every round averaged both sites, and every site scored every model."""
+    results = read_job_results(result_dir)
+    assert results.rounds, "no round metrics"
+    for r in results.rounds:
+        assert sorted(s["name"] for s in r["sites"]) == SITES, f"round {r['round']} lacks a site's update"
+    assert sorted(results.cross_site) == SITES
+    for site, per_model in results.cross_site.items():
+        assert {FINAL_MODEL, BEST_MODEL, *SITES} <= set(per_model), f"{site}: incomplete cross-site row"
+        assert 0.0 <= per_model[FINAL_MODEL]["test_dice_spleen"] <= 1.0
+
+
+def test_committed_job_via_cli_and_a_job_via_the_flare_api(data, tmp_path):
+    configs = prepare_sites("spleen", data, 2, tmp_path, cases=8, seed=0)
+    short = export_job(JobSpec("spleen", num_rounds=2, local_epochs=1), tmp_path / "jobs")
+    with PocDeployment(tmp_path / "deployment", 2) as poc:
+        poc.prepare()
+        for site in SITES:
+            task = load_site_config(configs / f"{site}.yaml").task_data("spleen")
+            poc.place_site_config(site, {"spleen": (task.data_root, task.datalist)}, device="cpu", num_threads=1)
+        poc.start()
+        cli_job = poc.submit(REPO / "jobs" / "spleen_fedavg")
+        assert poc.wait(cli_job, timeout=1200) == "FINISHED:COMPLETED"
+        api_job = poc.submit_api(short)
+        assert poc.wait(api_job, timeout=600) == "FINISHED:COMPLETED"
+        downloads = [poc.download(j, tmp_path / "download") for j in (cli_job, api_job)]
+        site_log = "\n".join(p.read_text() for p in poc.kit("site-1").rglob("log.txt"))
+    assert poc.processes() == [], "POC processes are still running"
+    # Sites read their YAML from their own startup kit, not from the repository.
+    assert str(poc.kit("site-1") / "local" / "fedseg_site.yaml") in site_log
+    for result_dir in downloads:
+        _complete(result_dir)
+    assert len(read_job_results(downloads[0]).rounds) == 20  # the committed job, unchanged
+    report, out = write_report(downloads[0], tmp_path / "report")
+    assert "final global" in report.markdown() and (out / "validation_dice.png").stat().st_size > 10_000
+    assert json.loads((out / "report.json").read_text())["best_round"] is not None
+
+
+def _python_without_fedseg(tmp: Path) -> Path:
+    """A venv that sees this environment's packages (nvflare, torch, MONAI) but not fedseg.
+
+    Its .pth adds our site-packages as a plain path, so .pth files there (fedseg's editable install)
+    are not processed.
+    """
+    env = tmp / "no-fedseg"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    site = next((env / "lib").glob("python3*/site-packages"))
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    (site / "deps.pth").write_text("\n".join(paths) + "\n")
+    return env / "bin"
+
+
+def test_bundled_job_runs_where_fedseg_is_not_installed(data, tmp_path):
+    python = _python_without_fedseg(tmp_path)
+    probe = subprocess.run([str(python / "python3"), "-c", "import fedseg"], capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'fedseg'" in probe.stderr
+    ok = subprocess.run([str(python / "python3"), "-c", "import nvflare, torch, monai, nibabel"])
+    assert ok.returncode == 0
+    job = JobSpec("spleen", num_rounds=2, local_epochs=1)
+    job_dir = export_job(job, tmp_path / "jobs", bundle_code=True)
+    assert (job_dir / "app" / "custom" / "fedseg" / "flare" / "client.py").is_file()
+    run = run_poc(job, job_dir, n_sites=2, data_dir=data, run_dir=tmp_path / "run", cases=8, python_bin=python)
+    assert run.status == "FINISHED:COMPLETED"
+    _complete(run.result_dir)
+    # The sites ran fedseg from the job's own app/custom folder.
+    site_log = next((tmp_path / "run" / "deployment").rglob("site-1/log.txt")).read_text()
+    assert "/app_site-1/custom/fedseg" in site_log
+    assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "training_loss.png").is_file()
