@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedseg.data.synth import synthesize
+from fedseg.data.synth import ABDOMEN_ORGANS, synthesize
 from fedseg.flare.jobs import JobSpec
 from fedseg.flare.simulate import simulate
 
@@ -30,3 +30,20 @@ def test_two_site_federated_run_reports_every_class(task, tmp_path):
     for site in result.results.cross_site.values():
         for metrics in site.values():
             assert all(f"test_dice_{c.lower()}" in metrics for c in CLASSES[task])
+
+
+def test_deepgrow_federated_round_reports_dice_after_n_clicks_per_organ(tmp_path):
+    synthesize("deepgrow2d", tmp_path / "data", cases=6, seed=5, workers=2)
+    job = JobSpec("deepgrow2d", num_rounds=2, local_epochs=1)
+    result = simulate(job, n_sites=2, data_dir=tmp_path / "data", run_dir=tmp_path / "run", cases=6)
+    body = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert body["classes"] == list(ABDOMEN_ORGANS)
+    curve = body["click_curve"]["final"]
+    assert sorted(map(int, curve)) == [1, 5, 10, 15] and all(0.0 <= v <= 1.0 for v in curve.values())
+    for site, per_model in result.results.cross_site.items():
+        metrics = per_model["SRV_FL_global_model.pt"]
+        assert all(f"test_dice_{organ}_click{n}" in metrics for organ in ("spleen", "liver") for n in (1, 15))
+    # Global validation of the received model each round, with the curve in it.
+    assert result.results.rounds and all(any(m["name"] == "val_dice_click1" for m in r["aggregated_metrics"])
+                                         for r in result.results.rounds)
+    assert "| clicks | 1 | 5 | 10 | 15 |" in result.table()

@@ -38,9 +38,17 @@ def cmd_data_split(a) -> int:
     from fedseg.data.split import split_dataset
 
     shares = [float(x) for x in a.shares.split(",")] if a.shares else None
-    written = split_dataset(Path(a.dataset), a.sites, Path(a.out), seed=a.seed, shares=shares)
+    if a.mode == "scanner":
+        from fedseg.data.scanner import scanner_split
+
+        written = scanner_split(Path(a.dataset), a.sites, Path(a.out), seed=a.seed, shares=shares)
+    else:
+        written = split_dataset(Path(a.dataset), a.sites, Path(a.out), seed=a.seed, shares=shares)
     for name, path in written.items():
         print(f"{name}: {path}")
+    if a.mode == "scanner":
+        print(f"rewritten cases, dataset.json and scanners.json (each site's profile) are in {a.out}: "
+              f"use it as the sites' data_root")
     return 0
 
 
@@ -56,6 +64,38 @@ def cmd_data_check(a) -> int:
         print(report.render())
     print(f"site {site.site}, task {spec.name}: {report.summary()}")
     return 1 if report.fatal else 0
+
+
+def cmd_data_deepgrow_2d(a) -> int:
+    from fedseg.deepgrow.prepare import prepare_dataset
+
+    spec = get_task("deepgrow2d", a.variant)
+    prepared = prepare_dataset(spec, Path(a.dataset), Path(a.out))
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(prepared.per_object().items()))
+    print(f"wrote {len(prepared.items)} 2D samples at {spec.spacing[0]:g} x {spec.spacing[1]:g} mm to {a.out} "
+          f"({counts}; {prepared.dropped_small} object slices under {spec.interaction.min_area_mm2:g} mm^2 left out); "
+          f"list: {Path(a.out) / 'datalist.json'}")
+    return 0
+
+
+def _click(text: str) -> tuple[int, int]:
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a click is two whole voxel indices x,y (e.g. 60,48), got {text!r}") from None
+    return x, y
+
+
+def cmd_annotate(a) -> int:
+    from fedseg.deepgrow.annotate import Annotator
+    from fedseg.engine import Runtime
+
+    variant = a.variant or detect_variant("deepgrow2d", Path(a.model))
+    annotator = Annotator(get_task("deepgrow2d", variant), Path(a.model),
+                          Runtime.create(a.device or "auto", num_threads=a.threads))
+    out = annotator.annotate(Path(a.image), a.slice, a.fg, a.bg or [], Path(a.out))
+    print(f"wrote {out}")
+    return 0
 
 
 # train / infer ----------------------------------------------------------------------------------
@@ -235,7 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shares", default=None, help="relative site sizes, e.g. 1,2 (default: equal)")
+    p.add_argument("--mode", choices=("iid", "scanner"), default="iid",
+                   help="iid: lists only; scanner: also rewrite each site's cases for its own scanner (intensity "
+                        "offset and gain, noise, slice thickness, field of view) into --out, the sites' data root")
     p.set_defaults(func=cmd_data_split)
+    p = data.add_parser("deepgrow-2d", help="2D Deepgrow samples (one per slice and object) from an MSD dataset")
+    p.add_argument("--dataset", required=True, help="dataset root holding dataset.json, multi-organ labels")
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", default="full", choices=VARIANTS, help="full: 1 x 1 mm pixels; tiny: 3 x 3 mm")
+    p.set_defaults(func=cmd_data_deepgrow_2d)
     p = data.add_parser("check", help="check every file a site lists for a task; all problems at once")
     _task_args(p)
     p.add_argument("--site-config", required=True)
@@ -266,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _runtime_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("annotate", help="Deepgrow 2D: the clicked object's mask on one slice")
+    p.add_argument("--model", required=True, help="a deepgrow2d model file")
+    p.add_argument("--variant", default=None, choices=VARIANTS, help="default: read from the model file")
+    p.add_argument("--image", required=True, help="a 3D CT NIfTI")
+    p.add_argument("--slice", type=int, required=True, help="index z along the image's third array axis")
+    p.add_argument("--fg", type=_click, action="append", required=True, metavar="X,Y",
+                   help="a click inside the object (voxel indices along the first two array axes); repeatable")
+    p.add_argument("--bg", type=_click, action="append", metavar="X,Y", help="a click outside the object; repeatable")
+    p.add_argument("--out", required=True, help="mask NIfTI: the image's grid, non-zero only on the slice")
+    _runtime_args(p)
+    p.set_defaults(func=cmd_annotate)
 
     jobs = sub.add_parser("jobs", help="NVFlare job folders").add_subparsers(dest="jobs_command", required=True)
     p = jobs.add_parser("export", help="(re)generate job folders; with no --task, the committed jobs/")

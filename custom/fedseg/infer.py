@@ -54,14 +54,18 @@ class Predictor:
     def segment(self, image_path: Path, out_path: Path) -> Path:
         check_input(image_path, self.spec)
         mask = self.probabilities(image_path).argmax(0).numpy().astype(np.uint8)
-        src = nib.load(str(image_path))
-        header = src.header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(1.0, 0.0)
-        if len(header.get_data_shape()) > 3:
-            header.set_data_shape(src.shape[:3])
-        out = nib.Nifti1Image(mask, src.affine, header)
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(out, str(out_path))
-        return out_path
+        return save_mask_like(image_path, mask, out_path)
+
+
+def save_mask_like(image_path: Path, mask: np.ndarray, out_path: Path) -> Path:
+    """Write ``mask`` (uint8, the image's spatial shape) with the image's affine and header."""
+    src = nib.load(str(image_path))
+    header = src.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    if len(header.get_data_shape()) > 3:
+        header.set_data_shape(src.shape[:3])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), src.affine, header), str(out_path))
+    return out_path

@@ -7,6 +7,7 @@ Example (``site_configs/site-1.yaml``)::
     num_threads: 1        # torch CPU threads; omit for torch's default
     cache_rate: 1.0       # fraction of preprocessed volumes kept in memory
     num_workers: 0        # data-loading threads
+    cache_dir: .cache     # derived data such as Deepgrow 2D slices (default .fedseg_cache/<site>)
     datasets:
       spleen:
         data_root: ../data/spleen                 # relative paths are relative to this file
@@ -62,6 +63,11 @@ class SiteConfig:
     num_workers: int = 0
     backend: str = "local"
     ray: RaySettings = field(default_factory=RaySettings)
+    cache_dir: Path | None = None
+
+    def derived_dir(self, task: str) -> Path:
+        """Where data derived from the site's own (e.g. Deepgrow's 2D slices) is written: it stays at the site."""
+        return (self.cache_dir or self.path.parent / ".fedseg_cache" / self.site) / task
 
     def task_data(self, task: str) -> TaskData:
         """The data for ``task``, or a :class:`ConfigError` naming the site and the tasks it has."""
@@ -91,6 +97,7 @@ _TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_workers": (lambda v: _is_int(v) and 0 <= v <= 64, "a whole number from 0 to 64"),
     "backend": (lambda v: v in ("local", "ray"), "'local' or 'ray'"),
     "ray": (lambda v: isinstance(v, dict), "a mapping with workers, gpus_per_worker, address"),
+    "cache_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path (relative to this file) for derived data"),
     "datasets": (lambda v: isinstance(v, dict) and bool(v), "a non-empty mapping of task name to data_root and datalist"),
 }
 _RAY: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -163,6 +170,7 @@ def load_site_config(path: Path) -> SiteConfig:
         num_workers=int(raw.get("num_workers", 0)),
         backend=raw.get("backend", "local"),
         ray=RaySettings(**ray_raw) if isinstance(ray_raw, dict) else RaySettings(),
+        cache_dir=(path.parent / raw["cache_dir"]).resolve() if raw.get("cache_dir") else None,
     )
 
 

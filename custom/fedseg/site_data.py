@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedseg.data.checks import check_data
 from fedseg.data.datalist import Datalist
@@ -21,9 +21,22 @@ class SiteData:
     datalist: Datalist
     class_names: tuple[str, ...]
     report: ProblemReport
+    _slices: dict = field(default_factory=dict, repr=False)
 
     def items(self, split: str) -> list[dict]:
-        return self.datalist.items(split)
+        """MONAI data dicts of one split: the volumes, or for an interactive task their 2D samples."""
+        if not self.spec.interactive:
+            return self.datalist.items(split)
+        if split not in self._slices:
+            from fedseg.deepgrow.prepare import prepare_slices
+
+            out = self.site.derived_dir(self.spec.name) / f"{self.spec.variant_name}_{split}"
+            items = prepare_slices(self.spec, self.datalist.items(split), out, self.class_names).items
+            cap = self.spec.interaction.max_val_samples
+            if split == "validation" and cap and len(items) > cap:
+                items = [items[round(i * len(items) / cap)] for i in range(cap)]
+            self._slices[split] = items
+        return self._slices[split]
 
 
 def open_site_data(spec: TaskSpec, site: SiteConfig, *, strict: bool = True) -> SiteData:
@@ -38,5 +51,6 @@ def open_site_data(spec: TaskSpec, site: SiteConfig, *, strict: bool = True) -> 
         log.warning("site %s: %s", site.site, warning)
     if strict:
         report.raise_if_fatal(f"site {site.site!r}, task {spec.name!r} ({task_data.datalist})")
-    names = info.labels if info is not None and len(info.labels) == spec.num_classes else spec.labels
+    fits = info is not None and (spec.interactive or len(info.labels) == spec.num_classes)
+    names = info.labels if fits else spec.labels
     return SiteData(site, spec, datalist, tuple(names), report)

@@ -84,11 +84,16 @@ def _load(path: Path, report: ProblemReport, what: str) -> _Loaded | None:
 
 
 def _expected_dims(spec: TaskSpec) -> str:
-    return "3D" if spec.in_channels == 1 else f"4D with {spec.in_channels} channels in the last axis"
+    n = spec.image_channels
+    return "3D" if n == 1 else f"4D with {n} channels in the last axis"
 
 
-def check_case(case: Case, spec: TaskSpec, split: str, report: ProblemReport) -> None:
-    """Append the problems of one case to ``report``."""
+def check_case(case: Case, spec: TaskSpec, split: str, report: ProblemReport,
+               labels: tuple[str, ...] | None = None) -> None:
+    """Append the problems of one case to ``report``.
+
+    ``labels`` are the class names label values may index (default: the task's own).
+    """
     report.cases_checked += 1
     image = _load(case.image, report, "image")
     if image is not None and not _check_image(case.image, image, spec, report):
@@ -98,7 +103,7 @@ def check_case(case: Case, spec: TaskSpec, split: str, report: ProblemReport) ->
     label = _load(case.label, report, "label")
     if label is None:
         return
-    _check_label(case.label, label, spec, split, report)
+    _check_label(case.label, label, labels or spec.labels, split, report)
     if image is not None:
         _check_same_grid(case, image, label, report)
 
@@ -106,10 +111,10 @@ def check_case(case: Case, spec: TaskSpec, split: str, report: ProblemReport) ->
 def _check_image(path: Path, img: _Loaded, spec: TaskSpec, report: ProblemReport) -> bool:
     """Record the image's problems; False when its dimensions are wrong for the task."""
     data = img.data
-    if spec.in_channels == 1:
+    if spec.image_channels == 1:
         ok = data.ndim == 3 or (data.ndim == 4 and data.shape[3] == 1)
     else:
-        ok = data.ndim == 4 and data.shape[3] == spec.in_channels
+        ok = data.ndim == 4 and data.shape[3] == spec.image_channels
     if not ok:
         report.add("wrong_dimensions", path,
                    f"image has shape {data.shape}; task {spec.name!r} needs {_expected_dims(spec)}")
@@ -134,7 +139,7 @@ def _check_image(path: Path, img: _Loaded, spec: TaskSpec, report: ProblemReport
     return True
 
 
-def _check_label(path: Path, lbl: _Loaded, spec: TaskSpec, split: str, report: ProblemReport) -> None:
+def _check_label(path: Path, lbl: _Loaded, labels: tuple[str, ...], split: str, report: ProblemReport) -> None:
     data = lbl.data
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -145,13 +150,13 @@ def _check_label(path: Path, lbl: _Loaded, spec: TaskSpec, split: str, report: P
         report.add("non_finite_voxels", path, "label holds NaN or infinite voxels")
         return
     values = np.unique(data)
-    allowed = set(range(spec.num_classes))
+    allowed = set(range(len(labels)))
     wrong = [v for v in values.tolist() if v not in allowed]
     if wrong:
         shown = ", ".join(f"{v:g}" for v in wrong[:10])
         report.add("bad_label_values", path,
-                   f"label values {shown} are not among the task's labels 0..{spec.num_classes - 1} "
-                   f"({', '.join(spec.labels)})")
+                   f"label values {shown} are not among the labels 0..{len(labels) - 1} "
+                   f"({', '.join(labels)})")
     elif split == "training" and values.max(initial=0) == 0:
         report.add("empty_label", path, "training label is empty (background only)", fatal=False)
 
@@ -186,13 +191,14 @@ def check_dataset_info(root: Path, spec: TaskSpec, report: ProblemReport) -> Dat
     except DataError as exc:
         report.add("bad_dataset_json", Path(root) / "dataset.json", str(exc))
         return None
-    if len(info.labels) != spec.num_classes:
+    # An interactive task segments whatever objects the dataset labels.
+    if not spec.interactive and len(info.labels) != spec.num_classes:
         report.add("label_count_mismatch", Path(root) / "dataset.json",
                    f"declares {len(info.labels)} labels {info.labels}; task {spec.name!r} has {spec.num_classes}")
-    if len(info.modalities) != spec.in_channels:
+    if len(info.modalities) != spec.image_channels:
         report.add("channel_count_mismatch", Path(root) / "dataset.json",
                    f"declares {len(info.modalities)} modalities {info.modalities}; task {spec.name!r} "
-                   f"needs {spec.in_channels} input channel(s)")
+                   f"needs {spec.image_channels} image channel(s)")
     return info
 
 
@@ -210,5 +216,5 @@ def check_data(spec: TaskSpec, data_root: Path, datalist: Path, *,
     report.extend(list_report)
     for split in splits:
         for case in parsed.cases(split):
-            check_case(case, spec, split, report)
+            check_case(case, spec, split, report, info.labels if spec.interactive and info else None)
     return parsed, info, report

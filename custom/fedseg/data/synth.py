@@ -50,6 +50,19 @@ def _liver_case(seed: int) -> SynthCase:
     return SynthCase(ph.image, label, ph.grid.affine)
 
 
+# Organs of the multi-organ phantoms (Deepgrow): label value = position; tumours count as liver.
+ABDOMEN_ORGANS = ("spleen", "liver", "kidney_right", "kidney_left", "stomach")
+
+
+def _abdomen_case(seed: int) -> SynthCase:
+    ph = synth_abdomen(seed, PhantomOptions(tumours=(0, 1)))
+    label = np.zeros(ph.organs.shape, dtype=np.uint8)
+    for value, name in enumerate(ABDOMEN_ORGANS, start=1):
+        label[ph.organs == ORGANS[name]] = value
+    label[ph.organs == ORGANS["liver_tumour"]] = ABDOMEN_ORGANS.index("liver") + 1
+    return SynthCase(ph.image, label, ph.grid.affine)
+
+
 def _prostate_case(seed: int) -> SynthCase:
     ph = synth_pelvis(seed)
     return SynthCase(ph.image, ph.label, ph.grid.affine)
@@ -76,6 +89,13 @@ PHANTOMS: dict[str, PhantomKind] = {
         ("T2", "ADC"),
         ("background", "PZ", "TZ"),
         _prostate_case,
+    ),
+    "deepgrow2d": PhantomKind(
+        "Abdomen_multiorgan_synthetic",
+        "Synthetic abdominal CT phantoms with multi-organ labels, for Deepgrow (fedseg)",
+        ("CT",),
+        ("background", *ABDOMEN_ORGANS),
+        _abdomen_case,
     ),
 }
 

@@ -10,6 +10,10 @@ from fedseg.tasks.spec import TaskSpec
 
 
 def build_loss(spec: TaskSpec) -> torch.nn.Module:
+    if spec.out_channels == 1:  # one sigmoid channel against a binary mask (Deepgrow)
+        if spec.loss == "dice":
+            return DiceLoss(sigmoid=True)
+        return DiceCELoss(sigmoid=True)
     if spec.loss == "dicece":
         return DiceCELoss(to_onehot_y=True, softmax=True)
     if spec.loss == "dice":

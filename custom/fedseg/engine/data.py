@@ -33,9 +33,17 @@ def _cache(items, transform, runtime: Runtime) -> CacheDataset:
                         progress=False, copy_cache=False)
 
 
+def _chains(spec: TaskSpec):
+    if spec.interactive:  # MONAI's deepgrow needs scikit-image: imported only for Deepgrow
+        from fedseg.deepgrow.transforms import slice_eval_transforms, slice_train_transforms
+
+        return slice_train_transforms, slice_eval_transforms
+    return train_transforms, eval_transforms
+
+
 def make_train_data(spec: TaskSpec, items: list[dict], runtime: Runtime, seed: int) -> TrainData:
     """A loader yielding ``batch_size * num_samples`` patches per step, shuffled reproducibly from ``seed``."""
-    dataset = _cache(items, train_transforms(spec, seed), runtime)
+    dataset = _cache(items, _chains(spec)[0](spec, seed), runtime)
     generator = torch.Generator().manual_seed(seed)
     loader = ThreadDataLoader(dataset, batch_size=min(spec.batch_size, len(items)), shuffle=True,
                               num_workers=runtime.num_workers, generator=generator)
@@ -43,4 +51,4 @@ def make_train_data(spec: TaskSpec, items: list[dict], runtime: Runtime, seed: i
 
 
 def make_eval_data(spec: TaskSpec, items: list[dict], runtime: Runtime) -> EvalData:
-    return EvalData(_cache(items, eval_transforms(spec), runtime), len(items))
+    return EvalData(_cache(items, _chains(spec)[1](spec), runtime), len(items))

@@ -54,7 +54,8 @@ class SegmentationEngine:
 
     def __init__(self, spec: TaskSpec, runtime: Runtime, *, class_names: tuple[str, ...] | None = None,
                  seed: int = 0):
-        if class_names is not None and len(class_names) != spec.num_classes:
+        # An interactive task's classes are the dataset's objects, however many it labels.
+        if class_names is not None and not spec.interactive and len(class_names) != spec.num_classes:
             raise ValueError(f"task {spec.name!r} has {spec.num_classes} classes, got names {class_names}")
         self.spec, self.runtime, self.seed = spec, runtime, seed
         self.class_names = tuple(class_names or spec.labels)
@@ -64,6 +65,11 @@ class SegmentationEngine:
         self.loss_fn = build_loss(spec)
         self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp)
         self._data_seeds = 0
+        self.clicks = None
+        if spec.interactive:  # imported only here: MONAI's deepgrow needs scikit-image
+            from fedseg.deepgrow.clicks import ClickSimulator
+
+            self.clicks = ClickSimulator(spec, seed)
 
     # Data -----------------------------------------------------------------------------------------
     def train_data(self, items: list[dict]) -> TrainData:
@@ -125,6 +131,8 @@ class SegmentationEngine:
             for batch in data.loader:
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["label"].to(device, non_blocking=True)
+                if self.clicks is not None:
+                    x = self.clicks.interact(self.network, x, y, list(batch["guidance"]))
                 if schedule is not None:
                     self._set_lr(schedule(step))
                 self.optimizer.zero_grad(set_to_none=True)
@@ -167,6 +175,10 @@ class SegmentationEngine:
         """Dice per foreground class for every case of ``data``."""
         if weights is not None:
             self.set_weights(weights)
+        if self.clicks is not None:
+            samples = [data.dataset[i] for i in range(len(data.dataset))]
+            objects = [int(item["region"]) - 1 for item in data.dataset.data]
+            return self.clicks.score(self.network, samples, objects, self.class_names[1:], self.runtime.device, label)
         scores = DiceScores(self.class_names[1:])
         progress = Progress(label, data.n_cases)
         for i in range(len(data.dataset)):

@@ -95,6 +95,8 @@ COMMITTED: tuple[JobSpec, ...] = (
     JobSpec("spleen"),
     JobSpec("liver", local_epochs=6),
     JobSpec("prostate", local_epochs=8),
+    # Each Deepgrow epoch already holds hundreds of slice samples per site.
+    JobSpec("deepgrow2d", num_rounds=10, local_epochs=1),
 )
 
 

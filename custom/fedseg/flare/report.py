@@ -83,7 +83,8 @@ def _class_names(results: JobResults, near: Path) -> tuple[str, ...]:
     for per_model in results.cross_site.values():
         for metrics in per_model.values():
             keys += [m.group(1) for k in metrics if (m := _DICE_KEY.match(k)) and not k.startswith("test_dice_fp")]
-    names = [k for k in dict.fromkeys(keys) if not k.startswith(("n_", "fp_"))]
+    # Deepgrow's Dice-after-N-clicks keys (..._click5) are a curve, not classes.
+    names = [k for k in dict.fromkeys(keys) if not k.startswith(("n_", "fp_", "click")) and not re.search(r"_click\d+$", k)]
     if not names:
         raise FedsegError(f"{results.job_dir}: no per-class Dice in the cross-site results")
     return tuple(names)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,22 @@ class JobResults:
         by_site = {site: SiteScore.from_metrics(self.cross_site[site][model], "test", class_names)
                    for site in self.sites if model in self.cross_site[site]}
         return with_pooled(by_site)
+
+    def click_curve(self, model: str) -> dict[int, float]:
+        """Deepgrow: the model's test Dice after each number of clicks, pooled over sites by samples scored.
+
+        Empty for tasks that report no ``test_dice_click<N>`` metrics.
+        """
+        totals: dict[int, list[float]] = {}
+        for site in self.sites:
+            metrics = self.cross_site[site].get(model, {})
+            cases = float(metrics.get("test_cases", 0))
+            for key, value in metrics.items():
+                found = re.fullmatch(r"test_dice_click(\d+)", key)
+                if found and cases and math.isfinite(value):
+                    acc = totals.setdefault(int(found.group(1)), [0.0, 0.0])
+                    acc[0], acc[1] = acc[0] + value * cases, acc[1] + cases
+        return {n: total / cases for n, (total, cases) in sorted(totals.items())}
 
     def missing(self) -> list[str]:
         """Cells absent from the cross-site matrix (every site should score every model)."""

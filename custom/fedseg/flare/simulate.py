@@ -41,7 +41,13 @@ class SimulationResult:
     failed_sites: list[str]
 
     def table(self) -> str:
-        return render_table(self.models, self.class_names)
+        """The Dice table; for Deepgrow also the final model's pooled Dice after N clicks."""
+        curve = self.results.click_curve(FINAL_MODEL)
+        if not curve:
+            return render_table(self.models, self.class_names)
+        clicks = "\n\n| clicks | " + " | ".join(map(str, curve)) + " |\n" + "|---" * (len(curve) + 1) + "|\n"
+        clicks += "| final global, pooled test Dice | " + " | ".join(f"{v:.3f}" for v in curve.values()) + " |"
+        return render_table(self.models, self.class_names) + clicks
 
 
 def prepare_sites(task: str, data_dir: Path, n_sites: int, run_dir: Path, *, cases: int, seed: int,
@@ -148,6 +154,7 @@ def record_results(run_dir: Path, job: JobSpec, n_sites: int, class_names, resul
         "classes": list(class_names), "best_round": results.best_round,
         "best_round_meaning": "round whose incoming global model scored the best mean validation Dice",
         "models": models_to_json(models), "failed_sites": failed, **extra,
+        **({"click_curve": curve} if (curve := {"final": results.click_curve(FINAL_MODEL)})["final"] else {}),
     })
     from fedseg.flare.report import write_report
 

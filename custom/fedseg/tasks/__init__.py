@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fedseg.tasks.spec import VARIANTS, TaskSpec
+from fedseg.tasks.deepgrow import DEEPGROW2D
 from fedseg.tasks.liver import LIVER
 from fedseg.tasks.prostate import PROSTATE
 from fedseg.tasks.spleen import SPLEEN
 
-_TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (SPLEEN, LIVER, PROSTATE)}
+_TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (SPLEEN, LIVER, PROSTATE, DEEPGROW2D)}
 
 
 def task_names() -> tuple[str, ...]:

@@ -84,6 +84,29 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
+class InteractionSpec:
+    """Click-driven (Deepgrow) training and scoring on 2D slices.
+
+    Every training step first runs ``train_clicks`` simulated interactions (predict, find where
+    prediction and label disagree, click there), as MONAI's ``deepgrow.interaction.Interaction``
+    does; validation scores Dice after each of ``eval_clicks`` clicks. The input channels are the
+    image followed by the positive and the negative guidance map; the output is one sigmoid channel.
+    """
+
+    train_clicks: int = 15
+    eval_clicks: tuple[int, ...] = (1, 5, 10, 15)
+    sigma: int = 2  # Gaussian width (pixels) of each click in the guidance maps
+    min_area_mm2: float = 25.0  # slices where an object is smaller than this are not samples
+    # Validation (every round) scores at most this many samples, evenly spaced through the list so
+    # every object and level stays represented; the test split is always scored whole.
+    max_val_samples: int | None = None
+
+    @property
+    def max_eval_clicks(self) -> int:
+        return max(self.eval_clicks)
+
+
+@dataclass(frozen=True)
 class SmallVariant:
     """What the ``tiny`` variant changes; everything else is inherited from the full spec."""
 
@@ -94,6 +117,7 @@ class SmallVariant:
     num_samples: int | None = None
     sw_batch_size: int | None = None
     optimizer: OptimizerSpec | None = None
+    interaction: InteractionSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,9 @@ class TaskSpec:
     empty_class_dice: Literal["nan", "one"] = "nan"
     # Intensity range a voxel of this modality can plausibly hold (preflight warns outside it).
     plausible_range: tuple[float, float] = (-1024.0, 3071.0)
+    # Set for click-driven (Deepgrow) tasks: labels are then "background"/"object" and the class
+    # names reported are the objects of the dataset's own label map.
+    interaction: InteractionSpec | None = None
     small: SmallVariant | None = None
     variant_name: str = "full"
 
@@ -151,6 +178,9 @@ class TaskSpec:
                 raise ValueError(f"task {self.name!r}: {what} {size} must be multiples of {step}")
         if len(self.labels) < 2:
             raise ValueError(f"task {self.name!r}: needs background and at least one class")
+        if self.interactive and (self.in_channels < 3 or len(self.labels) != 2):
+            raise ValueError(f"task {self.name!r}: an interactive task takes image + 2 guidance channels "
+                             "and segments one object (labels background, object)")
         if self.class_crop_ratios is not None and len(self.class_crop_ratios) != len(self.labels):
             raise ValueError(f"task {self.name!r}: class_crop_ratios needs one ratio per class ({len(self.labels)})")
 
@@ -160,9 +190,18 @@ class TaskSpec:
         return len(self.labels)
 
     @property
+    def interactive(self) -> bool:
+        return self.interaction is not None
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the image files (an interactive task adds two guidance maps to them)."""
+        return self.in_channels - 2 if self.interactive else self.in_channels
+
+    @property
     def out_channels(self) -> int:
-        """Network output channels: one per class (softmax over classes)."""
-        return self.num_classes
+        """Network output channels: one per class (softmax), or one sigmoid channel for an interactive task."""
+        return 1 if self.interactive else self.num_classes
 
     @property
     def spatial_dims(self) -> int:
@@ -189,6 +228,7 @@ class TaskSpec:
             num_samples=s.num_samples or self.num_samples,
             sw_batch_size=s.sw_batch_size or self.sw_batch_size,
             optimizer=s.optimizer or self.optimizer,
+            interaction=s.interaction or self.interaction,
             variant_name=name,
         )
 
