@@ -78,3 +78,27 @@ def trained_spleen(spleen_site, tmp_path_factory):
 
 
 TRAIN_ITERATIONS = 240  # ~70 s on 2 CPU threads; held-out Dice about 0.8 (seeds 0 and 1)
+
+
+def assert_global_is_case_weighted_average(workspace: Path, n_cases: list[int], local_round: int) -> None:
+    """The server's last global model equals the sites' last local models averaged by training cases.
+
+    Fails too if a plain (unweighted) mean would match as well, so the weighting is really checked.
+    """
+    import numpy as np
+
+    def floats(state):
+        return {k: v.double() for k, v in state.items() if v.dtype.is_floating_point}
+
+    local = [torch.load(workspace / f"site-{k}" / "fedseg" / "spleen_local_model.pt", weights_only=True)
+             for k in range(1, len(n_cases) + 1)]
+    assert [m["round"] for m in local] == [local_round] * len(n_cases)
+    w = [floats(m["state_dict"]) for m in local]
+    glob = torch.load(workspace / "server/simulate_job/app_server/FL_global_model.pt", weights_only=True)["model"]
+    glob = {k: torch.as_tensor(np.asarray(v)).double() for k, v in glob.items() if k in w[0]}
+    weighted = {k: sum(n * s[k] for n, s in zip(n_cases, w)) / sum(n_cases) for k in w[0]}
+    plain = {k: sum(s[k] for s in w) / len(w) for k in w[0]}
+    err_weighted = max(float((glob[k] - weighted[k]).abs().max()) for k in w[0])
+    err_plain = max(float((glob[k] - plain[k]).abs().max()) for k in w[0])
+    assert err_weighted < 1e-5
+    assert err_plain > 100 * max(err_weighted, 1e-7)

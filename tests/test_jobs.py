@@ -3,9 +3,11 @@
 import filecmp
 import json
 
+import pytest
+
 from conftest import REPO
 from fedseg.flare.client import parse_args
-from fedseg.flare.jobs import COMMITTED, export_all
+from fedseg.flare.jobs import COMMITTED, JobSpec, export_all, export_job
 
 
 def _files(root):
@@ -28,9 +30,11 @@ def test_jobs_name_the_task_not_the_network_nor_paths():
         root = REPO / "jobs" / job.name
         server = json.loads((root / "app/config/config_fed_server.json").read_text())
         client = (root / "app/config/config_fed_client.json").read_text()
-        persistor = next(c for c in server["components"] if c["id"] == "persistor")
-        assert persistor["args"]["model"] == {"path": "fedseg.networks.TaskNetwork",
-                                              "args": {"task": job.task, "variant": job.variant}}
+        components = {c["id"]: c for c in server["components"]}
+        model = components["persistor"]["args"]["model"]
+        if isinstance(model, str):  # FedOpt names a separate "model" component
+            model = {k: components[model][k] for k in ("path", "args")}
+        assert model == {"path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
         text = json.dumps(server) + client
         assert "channels" not in text and "/work/" not in text and "/tmp/" not in text
         # The job stays thin: only the client stub is shipped.
@@ -55,3 +59,22 @@ def test_every_site_trains_and_failures_are_tolerated_down_to_the_minimum():
     guard = server["task_result_filters"][0]
     assert guard["tasks"] == ["train"] and guard["filters"][0]["path"] == "fedseg.flare.guard.UpdateGuard"
     assert json.loads((REPO / "jobs/spleen_fedavg/meta.json").read_text())["min_clients"] == 2
+
+
+def test_fedprox_and_fedopt_jobs_use_nvflares_own_recipes(tmp_path):
+    from fedseg import cli
+    from fedseg.flare.jobs import ALGORITHMS, job_for
+
+    assert cli.ALGORITHMS == ALGORITHMS
+    prox = json.loads((export_job(job_for("spleen", "fedprox"), tmp_path) / "app/config/config_fed_server.json").read_text())
+    controller = prox["workflows"][0]["args"]
+    assert prox["workflows"][0]["path"].endswith("ConsortiumFedAvg") and controller["fedprox_mu"] == 0.01
+    opt = json.loads((export_job(job_for("spleen", "fedopt"), tmp_path) / "app/config/config_fed_server.json").read_text())
+    components = {c["id"]: c for c in opt["components"]}
+    assert components["shareable_generator"]["path"].endswith("PTFedOptModelShareableGenerator")
+    assert components["shareable_generator"]["args"]["optimizer_args"]["args"] == {"lr": 1.0, "momentum": 0.6}
+    assert components["model_selector"]["args"]["key_metric"] == "val_dice"
+    client = json.loads((tmp_path / "spleen_fedopt/app/config/config_fed_client.json").read_text())
+    assert '"params_transfer_type": "DIFF"' in json.dumps(client) or "DIFF" in json.dumps(client)
+    with pytest.raises(ValueError, match="fedavg and fedprox"):
+        JobSpec("spleen", algorithm="fedopt", initial_model="/srv/m.pt", start_round=3)

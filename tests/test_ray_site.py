@@ -2,11 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from fedseg.data.split import split_dataset
+from conftest import assert_global_is_case_weighted_average
 from fedseg.data.synth import synthesize
 from fedseg.engine import Runtime, SegmentationEngine
 from fedseg.flare.jobs import JobSpec, export_job
@@ -37,10 +37,6 @@ def mixed(tmp_path_factory):
     return workspace, n, (root / "simulator.log").read_text()
 
 
-def _floats(state):
-    return {k: v.double() for k, v in state.items() if v.dtype.is_floating_point}
-
-
 def test_the_ray_site_trained_on_its_ray_workers(mixed):
     _, _, log = mixed
     assert "fedseg site-1: Ray round 1 on 2 worker(s)" in log
@@ -51,17 +47,8 @@ def test_the_ray_site_trained_on_its_ray_workers(mixed):
 def test_fedavg_averages_the_ray_site_with_the_local_one_by_training_cases(mixed):
     ws, n, _ = mixed
     assert n == [2, 4]
-    local = [torch.load(ws / f"site-{k}" / "fedseg" / "spleen_local_model.pt", weights_only=True) for k in (1, 2)]
-    assert [m["round"] for m in local] == [0, 0]
-    w1, w2 = _floats(local[0]["state_dict"]), _floats(local[1]["state_dict"])
-    glob = torch.load(ws / "server/simulate_job/app_server/FL_global_model.pt", weights_only=True)["model"]
-    glob = {k: torch.as_tensor(np.asarray(v)).double() for k, v in glob.items() if k in w1}
-    weighted = {k: (n[0] * w1[k] + n[1] * w2[k]) / sum(n) for k in w1}
-    plain = {k: (w1[k] + w2[k]) / 2 for k in w1}
-    err_weighted = max(float((glob[k] - weighted[k]).abs().max()) for k in w1)
-    err_plain = max(float((glob[k] - plain[k]).abs().max()) for k in w1)
-    assert err_weighted < 1e-5
-    assert err_plain > 100 * max(err_weighted, 1e-7)  # site-1 sent its 2 training cases as the weight
+    # site-1 (on Ray) sent its 2 training cases as the weight of its update
+    assert_global_is_case_weighted_average(ws, n, local_round=0)
 
 
 def test_the_ray_site_started_from_the_global_model(mixed):

@@ -2,10 +2,9 @@
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
+from conftest import assert_global_is_case_weighted_average
 from fedseg.data.synth import synthesize
 from fedseg.flare.jobs import JobSpec
 from fedseg.flare.simulate import simulate
@@ -23,26 +22,12 @@ def sim(tmp_path_factory):
     return result, root / "run"
 
 
-def _floats(state):
-    return {k: v.double() for k, v in state.items() if v.dtype.is_floating_point}
-
-
 def test_fedavg_weights_sites_by_training_cases(sim):
     result, run = sim
     ws = result.workspace
-    local = [torch.load(ws / f"site-{k}" / "fedseg" / "spleen_local_model.pt", weights_only=True) for k in (1, 2)]
     n = [len(json.loads((run.parent / "data" / "splits" / f"site-{k}.json").read_text())["training"]) for k in (1, 2)]
     assert n == [2, 4]
-    assert [m["round"] for m in local] == [1, 1]
-    w1, w2 = _floats(local[0]["state_dict"]), _floats(local[1]["state_dict"])
-    glob = torch.load(ws / "server/simulate_job/app_server/FL_global_model.pt", weights_only=True)["model"]
-    glob = {k: torch.as_tensor(np.asarray(v)).double() for k, v in glob.items() if k in w1}
-    weighted = {k: (n[0] * w1[k] + n[1] * w2[k]) / sum(n) for k in w1}
-    plain = {k: (w1[k] + w2[k]) / 2 for k in w1}
-    err_weighted = max(float((glob[k] - weighted[k]).abs().max()) for k in w1)
-    err_plain = max(float((glob[k] - plain[k]).abs().max()) for k in w1)
-    assert err_weighted < 1e-5
-    assert err_plain > 100 * max(err_weighted, 1e-7)  # an unweighted average would not pass
+    assert_global_is_case_weighted_average(ws, n, local_round=1)
 
 
 def test_results_table_and_cross_site_matrix(sim):

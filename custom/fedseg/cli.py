@@ -11,6 +11,8 @@ from pathlib import Path
 from fedseg.errors import CheckpointError, FedsegError
 from fedseg.tasks import VARIANTS, get_task, task_names
 
+ALGORITHMS = ("fedavg", "fedprox", "fedopt")  # fedseg.flare.jobs.ALGORITHMS, without importing nvflare here
+
 log = logging.getLogger("fedseg")
 
 
@@ -155,13 +157,12 @@ def cmd_infer(a) -> int:
 
 # jobs / simulate --------------------------------------------------------------------------------
 def cmd_jobs_export(a) -> int:
-    from fedseg.flare.jobs import COMMITTED, JobSpec, export_job, resumed
+    from fedseg.flare.jobs import COMMITTED, export_job, job_for, resumed
 
     overrides = dict(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients,
                      privacy=a.privacy, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus))
     if a.task:
-        base = next((j for j in COMMITTED if j.task == a.task), JobSpec(a.task))
-        jobs = (base.with_overrides(**overrides),)
+        jobs = (job_for(a.task, a.algorithm or "fedavg").with_overrides(**overrides),)
     else:
         jobs = tuple(j.with_overrides(**overrides) for j in COMMITTED)
     if a.resume_from:
@@ -186,7 +187,7 @@ def _site_gpus(values: list[str] | None) -> tuple[tuple[str, int], ...] | None:
 
 
 def cmd_simulate(a) -> int:
-    from fedseg.flare.jobs import COMMITTED, JobSpec, committed_job
+    from fedseg.flare.jobs import committed_job, job_for
     from fedseg.flare.simulate import resume_run, simulate
 
     if a.resume:
@@ -201,8 +202,7 @@ def cmd_simulate(a) -> int:
             raise FedsegError(f"{job_dir}: not a job folder (no meta.json)")
         job = committed_job(json.loads(meta.read_text())["name"])
     else:
-        task = a.task or "spleen"
-        job = next((j for j in COMMITTED if j.task == task and j.algorithm == "fedavg"), JobSpec(task))
+        job = job_for(a.task or "spleen", a.algorithm)
     overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites),
                                     privacy=a.privacy)
     if overridden != job:
@@ -239,12 +239,11 @@ def cmd_report(a) -> int:
 
 
 def cmd_poc(a) -> int:
-    from fedseg.flare.jobs import COMMITTED, JobSpec, export_job
+    from fedseg.flare.jobs import export_job, job_for
     from fedseg.flare.poc import run_poc
     from fedseg.results import render_table
 
-    task = a.task
-    job = next((j for j in COMMITTED if j.task == task), JobSpec(task)).with_overrides(
+    job = job_for(a.task).with_overrides(
         num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites))
     run_dir = Path(a.run_dir or f"runs/{job.name}_poc")
     job_dir = export_job(job, run_dir / "job", bundle_code=a.bundle_code)
@@ -337,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-clients", type=int, default=None)
     p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"),
                    help="exclude: normalization layers stay at each site; percentile: NVFlare PercentilePrivacy")
+    p.add_argument("--algorithm", default=None, choices=ALGORITHMS,
+                   help="with --task: NVFlare's FedAvg (default), FedProx or FedOpt recipe")
     p.add_argument("--resume-from", default=None, metavar="FL_GLOBAL_MODEL.pt",
                    help="continue a stopped job from this saved global model, at the round after the one it records")
     p.add_argument("--server-path", default=None, help="where the server sees --resume-from (default: its local path)")
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="default runs/<job name>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"))
+    p.add_argument("--algorithm", default="fedavg", choices=ALGORITHMS, help="NVFlare's FedAvg, FedProx or FedOpt recipe")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a stopped run from its last global model (into RUN_DIR/resumed)")
     p.set_defaults(func=cmd_simulate)

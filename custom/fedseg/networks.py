@@ -34,6 +34,8 @@ class TaskNetwork(UNet):
 
     def __init__(self, task: str, variant: str = "full"):
         super().__init__(**unet_kwargs(get_task(task, variant)))
+        # Kept as attributes: NVFlare's job exporter reads constructor arguments back from them.
+        self.task, self.variant = task, variant
 
 
 def build_network(spec: TaskSpec) -> UNet:

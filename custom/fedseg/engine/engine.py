@@ -105,12 +105,14 @@ class SegmentationEngine:
     # Training -------------------------------------------------------------------------------------
     def train(self, data: TrainData, *, epochs: int | None = None, iterations: int | None = None,
               weights: Mapping | None = None, progress: tuple[float, float] | None = None,
-              label: str = "train") -> TrainResult:
+              label: str = "train", regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+              ) -> TrainResult:
         """Train from ``weights`` (or the current ones) for ``epochs`` passes or ``iterations`` steps.
 
         ``progress`` is the part of the whole run this call covers (e.g. round r of R is
         ``(r/R, (r+1)/R)``); the learning rate follows the spec's schedule across it. Without it
         the rate stays at the spec's base value.
+        ``regularizer(network)`` is added to every step's loss (e.g. FedProx's proximal term).
         Raises :class:`NonFiniteLossError` on a NaN or infinite loss; the weights are then unusable.
         """
         if (epochs is None) == (iterations is None):
@@ -138,6 +140,8 @@ class SegmentationEngine:
                 self.optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
                     loss = self.loss_fn(self.model(x), y)
+                    if regularizer is not None:
+                        loss = loss + regularizer(self.network)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise NonFiniteLossError(epoch, step, value)

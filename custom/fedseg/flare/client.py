@@ -25,8 +25,10 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedseg.checkpoint import save_model
 from fedseg.engine import Runtime
+from fedseg.engine.engine import to_state_dict
 from fedseg.errors import ConfigError, FedsegError, NonFiniteLossError
 from fedseg.flare.guard import WITHHELD
+from fedseg.networks import build_network
 from fedseg.runners.site import make_site_trainer
 from fedseg.site_config import find_site_config, load_site_config
 from fedseg.site_data import open_site_data
@@ -100,6 +102,25 @@ def _open_site(site: str, args: argparse.Namespace):
     return spec, data, runtime
 
 
+def fedprox_term(model, params, spec, runtime):
+    """NVFlare's ``PTFedProxLoss`` against the received global model, when the server sends ``fedprox_mu``.
+
+    FedProx jobs (NVFlare's ``FedProxRecipe``) put the coefficient in every training task's meta.
+    """
+    from nvflare.app_common.app_constant import AlgorithmConstants
+    from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
+
+    mu = (model.meta or {}).get(AlgorithmConstants.FEDPROX_MU)
+    if not mu:
+        return None
+    log.info("fedseg: round %s trains with FedProx's proximal term, mu %g", model.current_round, float(mu))
+    reference = build_network(spec).to(runtime.device)
+    reference.load_state_dict(to_state_dict(params))
+    reference.requires_grad_(False)
+    proximal = PTFedProxLoss(mu=float(mu))
+    return lambda network: proximal(network, reference)
+
+
 def round_progress(model) -> tuple[float, float]:
     """The part of the whole federated run that this round covers (a resumed job starts part-way)."""
     start = model.start_round or 0
@@ -153,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             val = trainer.evaluate(params, "validation")
             try:
-                result = trainer.train(params, args.local_epochs, progress=round_progress(model))
+                result = trainer.train(params, args.local_epochs, progress=round_progress(model),
+                                       regularizer=fedprox_term(model, params, spec, runtime))
             except NonFiniteLossError as exc:
                 # Withhold this round's update; the server's UpdateGuard logs it and FedAvg skips it.
                 log.error("fedseg %s round %s: %s; update withheld", site, model.current_round, exc)

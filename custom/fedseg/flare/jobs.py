@@ -21,7 +21,9 @@ from fedseg.networks import NORM_LAYERS, TaskNetwork
 from fedseg.tasks import get_task
 
 CLIENT_SCRIPT = Path(__file__).with_name("fedseg_client.py")
-ALGORITHMS = ("fedavg",)
+# NVFlare's own recipes: FedAvg, FedProx (FedAvg + a proximal term at the sites, mu sent by the
+# server) and FedOpt (server-side SGD with momentum on the averaged update).
+ALGORITHMS = ("fedavg", "fedprox", "fedopt")
 PRIVACY = ("none", "exclude", "percentile")
 KEY_METRIC = "val_dice"
 
@@ -47,6 +49,10 @@ class JobSpec:
     # overrides as (site, gpus) pairs. A CPU-only POC still schedules them: see fedseg.flare.poc.
     gpus: int = 1
     site_gpus: tuple[tuple[str, int], ...] = ()
+    fedprox_mu: float = 0.01
+    # FedOpt's server optimizer on the averaged update (NVFlare's default: SGD, lr 1, momentum 0.6).
+    server_lr: float = 1.0
+    server_momentum: float = 0.6
 
     def __post_init__(self) -> None:
         get_task(self.task, self.variant)  # refuses unknown tasks and variants early
@@ -59,6 +65,12 @@ class JobSpec:
                 raise ValueError(f"{what} must be at least 1, got {getattr(self, what)}")
         if self.gpus < 0 or any(n < 0 for _, n in self.site_gpus):
             raise ValueError("GPU counts cannot be negative")
+        if self.algorithm == "fedopt" and self.initial_model is not None:
+            raise ValueError("resuming is offered for fedavg and fedprox jobs; NVFlare's FedOpt workflow "
+                             "has no start round")
+        if self.algorithm == "fedopt" and self.privacy == "exclude":
+            raise ValueError("privacy 'exclude' needs every variable in the update; FedOpt's server optimizer "
+                             "would step variables that never arrive")
         if self.initial_model is not None and not Path(self.initial_model).is_absolute():
             raise ValueError(f"initial_model must be an absolute path on the server, got {self.initial_model!r}")
 
@@ -97,7 +109,16 @@ COMMITTED: tuple[JobSpec, ...] = (
     JobSpec("prostate", local_epochs=8),
     # Each Deepgrow epoch already holds hundreds of slice samples per site.
     JobSpec("deepgrow2d", num_rounds=10, local_epochs=1),
+    # The algorithms for heterogeneous sites, on the spleen job's schedule.
+    JobSpec("spleen", algorithm="fedprox"),
+    JobSpec("spleen", algorithm="fedopt"),
 )
+
+
+def job_for(task: str, algorithm: str = "fedavg") -> JobSpec:
+    """The committed job for ``task`` (its rounds and epochs), run with ``algorithm``."""
+    base = next((j for j in COMMITTED if j.task == task and j.algorithm == "fedavg"), JobSpec(task))
+    return replace(base, algorithm=algorithm)
 
 
 def committed_job(name: str) -> JobSpec:
@@ -107,13 +128,15 @@ def committed_job(name: str) -> JobSpec:
     raise ValueError(f"no committed job {name!r}; known: {', '.join(j.name for j in COMMITTED)}")
 
 
-def _recipe_class():
-    from nvflare.app_opt.pt.recipes import FedAvgRecipe
+def _recipe_class(algorithm: str):
+    from nvflare.app_opt.pt.recipes import FedAvgRecipe, FedProxRecipe
 
     from fedseg.flare.controller import ConsortiumFedAvg
 
-    class ConsortiumFedAvgRecipe(FedAvgRecipe):
-        """NVFlare's PyTorch FedAvg recipe with the controller swapped for :class:`ConsortiumFedAvg`."""
+    base = FedProxRecipe if algorithm == "fedprox" else FedAvgRecipe
+
+    class ConsortiumFedAvgRecipe(base):
+        """NVFlare's PyTorch FedAvg (or FedProx) recipe with the controller swapped for :class:`ConsortiumFedAvg`."""
 
         def __init__(self, *args, start_round: int = 0, **kwargs):
             self.start_round = start_round
@@ -135,9 +158,29 @@ def _recipe_class():
                 aggregation_weights=self.aggregation_weights,
                 memory_gc_rounds=self.server_memory_gc_rounds,
                 enable_tensor_disk_offload=self.enable_tensor_disk_offload,
+                **self._get_controller_kwargs(),  # FedProx: fedprox_mu, sent to the sites each round
             )
 
     return ConsortiumFedAvgRecipe
+
+
+def _fedopt_recipe(job: JobSpec, model: dict, client_script: str):
+    """NVFlare's FedOpt recipe, its best-model selection pointed at fedseg's validation Dice."""
+    from nvflare.app_opt.pt.recipes import FedOptRecipe
+    from nvflare.job_config.script_runner import FrameworkType
+
+    recipe = FedOptRecipe(
+        name=job.name, model=model, min_clients=job.min_clients, num_rounds=job.num_rounds,
+        train_script=client_script, train_args=job.train_args,
+        optimizer_args={"path": "torch.optim.SGD", "args": {"lr": job.server_lr, "momentum": job.server_momentum}},
+    )
+    # The recipe offers no key_metric argument; its selector defaults to "accuracy".
+    recipe._job._deploy_map["server"].app_config.components["model_selector"].key_metric = KEY_METRIC
+    # NVFlare 2.9's FedOptRecipe declares neither its framework nor its persistor's id, both of which
+    # add_cross_site_evaluation needs; they are PyTorch and "persistor" (set in its constructor).
+    recipe.framework = FrameworkType.PYTORCH
+    recipe._job.comp_ids.setdefault("persistor_id", "persistor")
+    return recipe
 
 
 def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
@@ -153,20 +196,24 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     from fedseg.flare.guard import UpdateGuard
 
     model = {"class_path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
-    recipe = _recipe_class()(
-        name=job.name,
-        model=model,
-        initial_ckpt=job.initial_model,
-        start_round=job.start_round,
-        min_clients=job.min_clients,
-        num_rounds=job.num_rounds,
-        train_script=client_script,
-        train_args=job.train_args,
-        key_metric=KEY_METRIC,
-        key_metric_mode="max",
-        # Percentile privacy acts on weight differences, which the Client API then computes for us.
-        params_transfer_type=TransferType.DIFF if job.privacy == "percentile" else TransferType.FULL,
-    )
+    if job.algorithm == "fedopt":
+        recipe = _fedopt_recipe(job, model, client_script)
+    else:
+        recipe = _recipe_class(job.algorithm)(
+            **({"fedprox_mu": job.fedprox_mu} if job.algorithm == "fedprox" else {}),
+            name=job.name,
+            model=model,
+            initial_ckpt=job.initial_model,
+            start_round=job.start_round,
+            min_clients=job.min_clients,
+            num_rounds=job.num_rounds,
+            train_script=client_script,
+            train_args=job.train_args,
+            key_metric=KEY_METRIC,
+            key_metric_mode="max",
+            # Percentile privacy acts on weight differences, which the Client API then computes for us.
+            params_transfer_type=TransferType.DIFF if job.privacy == "percentile" else TransferType.FULL,
+        )
     add_cross_site_evaluation(recipe)
     # Sites stream loss, learning rate and per-class Dice; the server writes TensorBoard event files.
     add_experiment_tracking(recipe, "tensorboard")

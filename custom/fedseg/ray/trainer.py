@@ -98,8 +98,12 @@ class RaySiteTrainer:
             self._plan = self._cluster.plan(self.settings.workers, self.settings.gpus_per_worker, **self._names)
         return self._plan
 
-    def train(self, weights: Mapping, epochs: int, progress: tuple[float, float] | None = None) -> TrainResult:
+    def train(self, weights: Mapping, epochs: int, progress: tuple[float, float] | None = None,
+              regularizer=None) -> TrainResult:
         """Train from ``weights`` for ``epochs`` on the site's Ray workers; return their averaged weights."""
+        if regularizer is not None:
+            raise ConfigError(f"site {self.data.site.site}: a loss regularizer (FedProx) is not supported on the "
+                              "Ray backend; use backend: local for FedProx jobs")
         weights = to_state_dict(weights)
         if not all_finite(weights):
             # Every worker would stop at the first step; refuse before paying for a fit().

@@ -14,7 +14,8 @@ from fedseg.site_data import SiteData
 
 
 class SiteTrainer(Protocol):
-    def train(self, weights: Mapping, epochs: int, progress: tuple[float, float] | None = None) -> TrainResult: ...
+    def train(self, weights: Mapping, epochs: int, progress: tuple[float, float] | None = None,
+              regularizer=None) -> TrainResult: ...
 
     def evaluate(self, weights: Mapping, split: str) -> DiceScores: ...
 
@@ -30,11 +31,12 @@ class LocalSiteTrainer:
         self._train = None
         self._eval = {}
 
-    def train(self, weights: Mapping, epochs: int, progress: tuple[float, float] | None = None) -> TrainResult:
+    def train(self, weights: Mapping, epochs: int, progress: tuple[float, float] | None = None,
+              regularizer=None) -> TrainResult:
         if self._train is None:
             self._train = self.engine.train_data(self.data.items("training"))
         return self.engine.train(self._train, epochs=epochs, weights=weights, progress=progress,
-                                 label=f"fedseg {self.data.site.site} train")
+                                 label=f"fedseg {self.data.site.site} train", regularizer=regularizer)
 
     def evaluate(self, weights: Mapping, split: str) -> DiceScores:
         if split not in self._eval:
