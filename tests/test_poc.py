@@ -97,6 +97,8 @@ def test_bundled_job_runs_where_fedseg_is_not_installed(data, tmp_path):
     assert run.status == "FINISHED:COMPLETED"
     _complete(run.result_dir)
     # The sites ran fedseg from the job's own app/custom folder.
-    site_log = next((tmp_path / "run" / "deployment").rglob("site-1/log.txt")).read_text()
+    # The job's own log sits under site-1/<job id>/, next to the client process's log.
+    site_log = "\n".join(p.read_text() for p in (tmp_path / "run" / "deployment").rglob("log.txt")
+                         if "site-1" in p.parts)
     assert "/app_site-1/custom/fedseg" in site_log
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "training_loss.png").is_file()
