@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FEDSEG := $(VENV)/bin/fedseg
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast jobs bench clean
+.PHONY: demo test test-fast jobs bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test-fast: $(STAMP)
 ## jobs: regenerate the committed NVFlare job folders
 jobs: $(STAMP)
 	$(FEDSEG) jobs export --out jobs
+
+## bench: the benchmark suite, quick mode (tiny spleen on CPU, a few minutes); table on stdout, JSON in runs/bench.json
+bench: $(STAMP)
+	$(PY) -m bench --quick --out runs/bench.json
+
+## bench-full: the same comparisons at the card's size (96^3 patches, CUDA and AMP when available), for a GPU machine
+bench-full: $(STAMP)
+	$(PY) -m bench --full --out runs/bench_full.json
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -247,7 +247,7 @@ def cmd_poc(a) -> int:
         num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites))
     run_dir = Path(a.run_dir or f"runs/{job.name}_poc")
     job_dir = export_job(job, run_dir / "job", bundle_code=a.bundle_code)
-    run = run_poc(job, job_dir, n_sites=a.sites, data_dir=Path(a.data or f"data/{task}"), run_dir=run_dir,
+    run = run_poc(job, job_dir, n_sites=a.sites, data_dir=Path(a.data or f"data/{job.task}"), run_dir=run_dir,
                   cases=a.cases, seed=a.seed, via=a.via)
     print(f"\njob {run.job_id}: {run.status}; Dice on each site's test cases:")
     print(render_table(run.models, tuple(json.loads((run_dir / 'results.json').read_text())["classes"])))

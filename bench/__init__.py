@@ -1,0 +1,1 @@
+"""fedseg's benchmark suite (``python -m bench``); not part of the installed package."""
