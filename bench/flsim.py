@@ -130,7 +130,7 @@ def drop_cross_site_eval(job_dir: Path) -> None:
 
 def run_job(run_dir: Path, data_dir: Path, *, sites: int, rounds: int, local_epochs: int, cases: int,
             seed: int = 0, cross_site: bool = False, quiet: bool = True, variant: str = "tiny",
-            config_dir: Path | None = None) -> SimRun:
+            config_dir: Path | None = None, algorithm: str = "fedavg") -> SimRun:
     """Run the job on ``sites`` sites; returns its measurements (the workspace stays in ``run_dir``).
 
     Without ``config_dir``, ``data_dir`` is split IID over the sites and their YAMLs written (1 torch
@@ -141,7 +141,7 @@ def run_job(run_dir: Path, data_dir: Path, *, sites: int, rounds: int, local_epo
 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = JobSpec("spleen", variant=variant, num_rounds=rounds, local_epochs=local_epochs,
+    job = JobSpec("spleen", algorithm=algorithm, variant=variant, num_rounds=rounds, local_epochs=local_epochs,
                   min_clients=min(2, sites), seed=seed)
     if config_dir is None:
         config_dir = prepare_sites("spleen", data_dir, sites, run_dir, cases=cases, seed=seed)

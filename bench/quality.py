@@ -1,10 +1,11 @@
-"""Quality with non-IID sites: FedAvg vs centralized vs each site alone, on scanner-split data.
+"""Quality with non-IID sites: FedAvg, FedProx, FedOpt vs centralized vs each site alone, on scanner-split data.
 
 The phantoms are split with ``fedseg data split --mode scanner`` (each site's cases rewritten for
 its own scanner: intensity offset and gain, noise, slice thickness, field of view). Then, with the
 same total epochs (FedAvg: rounds x local epochs; the others: that many epochs):
 
-* FedAvg: fedseg's job in the NVFlare simulator with cross-site evaluation, read with
+* FedAvg, FedProx and FedOpt (NVFlare's recipes, jobs from the same generator): fedseg's job in
+  the NVFlare simulator with cross-site evaluation, read with
   ``fedseg.flare.simulate.summarize`` (what ``fedseg simulate`` puts in its results.json; the
   command itself always re-splits IID, so the job is run on the scanner sites' YAMLs directly);
 * centralized: ``fedseg train --pooled`` on all sites' YAMLs;
@@ -77,10 +78,13 @@ def run(settings: Settings, work: Path) -> dict:
                                     device=device, num_threads=1, cache_rate=1.0, num_workers=0) for s in names}
     common = ["--task", "spleen", "--variant", settings.variant, "--epochs", str(epochs), "--val-every", str(epochs),
               "--threads", str(settings.threads)]
-    sim = run_job(root / "fedavg", scanner, sites=n, rounds=rounds, local_epochs=local_epochs, cases=0,
-                  cross_site=True, variant=settings.variant, config_dir=root / "site_configs")
-    _, models = summarize(Path(sim.run_dir) / "workspace", read_dataset_info(scanner).foreground_labels)
-    table = {"FedAvg": models_to_json({"final": models["final"]})["final"]}
+    table, fl_wall = {}, {}
+    for algorithm, label in (("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedopt", "FedOpt")):
+        sim = run_job(root / algorithm, scanner, sites=n, rounds=rounds, local_epochs=local_epochs, cases=0,
+                      cross_site=True, variant=settings.variant, config_dir=root / "site_configs", algorithm=algorithm)
+        _, models = summarize(Path(sim.run_dir) / "workspace", read_dataset_info(scanner).foreground_labels)
+        table[label] = models_to_json({"final": models["final"]})["final"]
+        fl_wall[label] = sim.wall_s
     _fedseg("train", *common, "--pooled", *map(str, configs.values()), "--out", str(root / "pooled"))
     table["centralized"] = _final_scores(root / "pooled" / "results.json")
     spec = get_task("spleen", settings.variant)
@@ -93,7 +97,7 @@ def run(settings: Settings, work: Path) -> dict:
         table[f"{site} alone"] = scores
     return {"task": f"spleen/{settings.variant}", "sites": n, "cases_per_site": settings.quality_cases_per_site,
             "fedavg": f"{rounds} rounds x {local_epochs} local epochs", "epochs": epochs, "scanners": profiles,
-            "fedavg_wall_s": sim.wall_s, "final_model_dice": table}
+            "fl_wall_s": fl_wall, "final_model_dice": table}
 
 
 def rows(result: dict) -> list[list]:

@@ -20,6 +20,7 @@ import math
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `import bench` work from the repository root
@@ -119,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench.json")
     p.add_argument("--work", default="runs/bench_work",
                    help="folder for phantoms and runs; phantoms already there are reused (default: %(default)s)")
+    p.add_argument("--quality-schedule", nargs=3, type=int, metavar=("ROUNDS", "EPOCHS", "CASES"),
+                   help="override the quality comparison's rounds, local epochs per round and cases per site "
+                        "(e.g. 10 6 15 for a meaningful CPU run of the tiny variant)")
     a = p.parse_args(argv)
     settings = settings_for(a.mode or "quick")
+    if a.quality_schedule:
+        r, e, n = a.quality_schedule
+        settings = replace(settings, quality_rounds=r, quality_local_epochs=e, quality_cases_per_site=n, notes=())
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     work = Path(a.work).resolve()
     names = list(a.only) if a.only else [n for n in NAMES if n in settings.default_sections]
