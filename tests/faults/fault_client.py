@@ -19,7 +19,7 @@ class FaultyTrainer:
     def __init__(self, inner, name):
         self.inner, self.name, self.calls = inner, name, 0
 
-    def train(self, weights, epochs, progress=None):
+    def train(self, weights, epochs, progress=None, regularizer=None):
         self.calls += 1
         if self.name == SITE and self.calls > int(ROUND):
             if KIND == "raise":
@@ -29,10 +29,10 @@ class FaultyTrainer:
                 real_loss = engine.loss_fn
                 engine.loss_fn = lambda out, y: real_loss(out, y) * torch.tensor(float("nan"))
                 try:
-                    return self.inner.train(weights, epochs, progress)
+                    return self.inner.train(weights, epochs, progress, regularizer)
                 finally:
                     engine.loss_fn = real_loss
-        return self.inner.train(weights, epochs, progress)
+        return self.inner.train(weights, epochs, progress, regularizer)
 
     def evaluate(self, weights, split):
         return self.inner.evaluate(weights, split)
