@@ -27,29 +27,28 @@ def real_ct() -> Path:
     return REAL / "ct.nii.gz"
 
 
+def phantom_dataset(tmp_path_factory, task: str, cases: int, seed: int, folder: str | None = None) -> Path:
+    """``cases`` phantoms of ``task`` in MSD layout, split over one site (60/20/20)."""
+    root = tmp_path_factory.mktemp(folder or task)
+    synthesize(task, root, cases=cases, seed=seed, workers=2)
+    split_dataset(root, 1, root / "splits", seed=0)
+    return root
+
+
 @pytest.fixture(scope="session")
 def spleen_dataset(tmp_path_factory) -> Path:
     """Ten spleen phantoms in MSD layout (seed 1), split over one site: 6 training, 2 validation, 2 test."""
-    root = tmp_path_factory.mktemp("spleen")
-    synthesize("spleen", root, cases=10, seed=1, workers=2)
-    split_dataset(root, 1, root / "splits", seed=0)
-    return root
+    return phantom_dataset(tmp_path_factory, "spleen", cases=10, seed=1)
 
 
 @pytest.fixture(scope="session")
 def liver_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("liver")
-    synthesize("liver", root, cases=6, seed=4, workers=2)
-    split_dataset(root, 1, root / "splits", seed=0)
-    return root
+    return phantom_dataset(tmp_path_factory, "liver", cases=6, seed=4)
 
 
 @pytest.fixture(scope="session")
 def prostate_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prostate")
-    synthesize("prostate", root, cases=6, seed=4, workers=2)
-    split_dataset(root, 1, root / "splits", seed=0)
-    return root
+    return phantom_dataset(tmp_path_factory, "prostate", cases=6, seed=4)
 
 
 def make_site(tmp: Path, name: str, task: str, data_root: Path, datalist: Path, **settings) -> Path:

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL, make_site
+from conftest import REAL, make_site, phantom_dataset
 from fedseg.checkpoint import save_model
 from fedseg.cli import main
 from fedseg.data.msd import write_dataset_json
-from fedseg.data.split import split_dataset
-from fedseg.data.synth import ABDOMEN_ORGANS, synthesize
+from fedseg.data.synth import ABDOMEN_ORGANS
 from fedseg.deepgrow.annotate import Annotator, ClickError
 from fedseg.deepgrow.clicks import ClickDiceScores, ClickSimulator, binary_dice
 from fedseg.deepgrow.prepare import prepare_dataset
@@ -34,10 +33,7 @@ TRAIN_ITERATIONS = 300
 @pytest.fixture(scope="module")
 def organs(tmp_path_factory) -> Path:
     """Six multi-organ abdominal phantoms, one site: 4 training, 1 validation, 1 test volume."""
-    root = tmp_path_factory.mktemp("organs")
-    synthesize("deepgrow2d", root, cases=6, seed=2, workers=2)
-    split_dataset(root, 1, root / "splits", seed=0)
-    return root
+    return phantom_dataset(tmp_path_factory, "deepgrow2d", cases=6, seed=2, folder="organs")
 
 
 @pytest.fixture(scope="module")
