@@ -7,65 +7,24 @@ one is replaced), then checks (1) the data check reports exactly that kind, nami
 
 import gzip
 import json
-import shutil
+import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import make_site
+from hostile_data import HOSTILE, Broken, break_empty_validation, gzip_bomb
 from fedseg.cli import main
-from fedseg.data.checks import check_data
+from fedseg.data.checks import check_case, check_data
+from fedseg.data.datalist import Case
+from fedseg.data.problems import ProblemReport
 from fedseg.engine import Runtime
 from fedseg.errors import ConfigError, DataError
 from fedseg.runners.local import run_local
 from fedseg.site_config import load_site_config
+from fedseg.site_data import open_site_data
 from fedseg.tasks import get_task
-
-
-class Broken:
-    """A linked copy of a dataset whose first training case can be broken in place."""
-
-    def __init__(self, source: Path, tmp: Path, task: str):
-        self.root, self.tmp, self.task = tmp / "data", tmp, task
-        for path in source.rglob("*"):
-            target = self.root / path.relative_to(source)
-            if path.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif path.suffix == ".json":
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(path)
-        self.datalist = self.root / "splits" / "site-1.json"
-        self.lists = json.loads(self.datalist.read_text())
-        self.case = self.lists["training"][0]
-
-    def path(self, key: str) -> Path:
-        return self.root / self.case[key]
-
-    def replace(self, key: str, data=None, affine=None, raw: bytes | None = None) -> Path:
-        path = self.path(key)
-        src = nib.load(str(path))
-        data = np.asarray(src.dataobj) if data is None and raw is None else data
-        path.unlink()
-        if raw is not None:
-            path.write_bytes(raw)
-        else:
-            nib.save(nib.Nifti1Image(data, src.affine if affine is None else affine), str(path))
-        return path
-
-    def original(self, key: str):
-        img = nib.load(str(self.path(key)))
-        return np.asarray(img.dataobj), img.affine
-
-    def write_datalist(self):
-        self.datalist.write_text(json.dumps(self.lists))
-
-    def site_yaml(self, **extra) -> Path:
-        return make_site(self.tmp, "site-1", self.task, self.root, self.datalist, **extra)
 
 
 def _gz(path: Path) -> bytes:
@@ -227,7 +186,124 @@ def test_warnings_do_not_stop_training(spleen_dataset, tmp_path):
     assert report.fatal == [] and sorted(p.kind for p in report.warnings) == ["empty_label", "implausible_intensity"]
 
 
-def test_symlinked_data_roots_are_fine(spleen_dataset, tmp_path):
-    b = Broken(spleen_dataset, tmp_path, "spleen")  # every image is a symlink into another folder
+def test_symlinks_inside_the_root_are_fine(spleen_dataset, tmp_path):
+    b = Broken(spleen_dataset, tmp_path, "spleen")
+    store = b.root / "store"
+    store.mkdir()
+    path = b.path("image")
+    path.rename(store / path.name)
+    path.symlink_to(Path("..") / "store" / path.name)
     _, _, report = check_data(get_task("spleen", "tiny"), b.root, b.datalist)
     assert report.problems == [] and report.cases_checked == 10
+
+
+def test_symlink_leaving_the_root_is_refused_unless_the_site_allows_it(spleen_dataset, tmp_path):
+    b = Broken(spleen_dataset, tmp_path, "spleen", keep=1)
+    path = b.path("image")
+    path.unlink()
+    path.symlink_to(spleen_dataset / b.case["image"])
+    with pytest.raises(DataError, match=r"\[symlink_escapes_root\]"):
+        open_site_data(get_task("spleen", "tiny"), load_site_config(b.site_yaml()))
+    site = load_site_config(b.site_yaml(symlinks_outside_root="warn"))
+    data = open_site_data(get_task("spleen", "tiny"), site)
+    assert [(p.kind, p.fatal) for p in data.report.problems] == [("symlink_escapes_root", False)]
+
+
+def test_training_only_site_may_have_no_validation_cases(spleen_dataset, tmp_path):
+    b = Broken(spleen_dataset, tmp_path, "spleen", keep=1)
+    break_empty_validation(b)
+    with pytest.raises(DataError, match=r"\[empty_split\].*'validation' lists no cases.*training_only: true"):
+        open_site_data(get_task("spleen", "tiny"), load_site_config(b.site_yaml()))
+    data = open_site_data(get_task("spleen", "tiny"), load_site_config(b.site_yaml(training_only=True)))
+    assert data.report.problems == [] and data.items("validation") == []
+
+
+@pytest.mark.timeout(60)  # a FIFO that were opened would block forever
+@pytest.mark.parametrize("breaker", HOSTILE, ids=[c.__name__.removeprefix("break_") for c in HOSTILE])
+def test_hostile_input_is_reported_with_its_kind(breaker, spleen_dataset, tmp_path):
+    b = Broken(spleen_dataset, tmp_path, "spleen", keep=2)
+    expect = breaker(b)
+    _, _, report = check_data(get_task("spleen", "tiny"), b.root, b.datalist)
+    assert report.kinds() == {expect.kind: expect.count}, report.render()
+    assert all(p.fatal == expect.fatal for p in report.problems), report.render()
+    assert all(expect.file.name in p.file for p in report.problems), report.render()
+    assert "Traceback" not in report.render()
+    # What leaves the site names kinds and counts only.
+    assert expect.file.name not in report.summary() and str(b.root) not in report.summary()
+    assert f"{expect.kind} x{expect.count}" in report.summary()
+
+
+def test_gzip_bomb_is_read_in_bounded_memory(spleen_dataset, tmp_path):
+    # 512^3 int16 zeros: about 260 KB on disk, 268 MB inflated; within the size limit, so it is
+    # streamed through (never held whole) and refused for what it holds.
+    b = Broken(spleen_dataset, tmp_path, "spleen", keep=1)
+    path = b.path("image")
+    path.unlink()
+    gzip_bomb(path)
+    assert path.stat().st_size < 600_000
+    tracemalloc.start()
+    try:
+        _, _, report = check_data(get_task("spleen", "tiny"), b.root, b.datalist)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.kinds() == {"constant_image": 1}, report.render()
+    assert peak < 96 * 2**20, f"the check allocated {peak / 2**20:.0f} MiB"
+
+
+def test_qform_disagreeing_with_sform_is_a_warning(spleen_dataset, tmp_path):
+    b = Broken(spleen_dataset, tmp_path, "spleen", keep=1)
+    data, affine = b.original("image")
+    img = nib.Nifti1Image(data, affine)
+    shifted = affine.copy()
+    shifted[:3, 3] += 5.0
+    img.set_qform(shifted, code=1)
+    img.set_sform(affine, code=1)
+    path = b.path("image")
+    path.unlink()
+    nib.save(img, str(path))
+    _, _, report = check_data(get_task("spleen", "tiny"), b.root, b.datalist)
+    assert [(p.kind, p.fatal) for p in report.problems] == [("qform_sform_mismatch", False)], report.render()
+    assert path.name in report.problems[0].file
+
+
+def test_class_name_other_than_the_tasks_is_a_warning(liver_dataset, tmp_path):
+    # MSD Task03 calls label 2 "cancer"; fedseg's liver task calls it "tumour": same class, other word.
+    b = Broken(liver_dataset, tmp_path, "liver", keep=1)
+    path, info = b.dataset_json()
+    info["labels"]["2"] = "cancer"
+    path.write_text(json.dumps(info))
+    _, _, report = check_data(get_task("liver", "tiny"), b.root, b.datalist)
+    assert [(p.kind, p.fatal) for p in report.problems] == [("class_name_mismatch", False)], report.render()
+
+
+def test_prostate_zones_swapped_in_dataset_json_are_refused(prostate_dataset, tmp_path):
+    b = Broken(prostate_dataset, tmp_path, "prostate", keep=1)
+    path, info = b.dataset_json()
+    info["labels"] = {"0": "background", "1": "TZ", "2": "PZ"}
+    path.write_text(json.dumps(info))
+    _, _, report = check_data(get_task("prostate", "tiny"), b.root, b.datalist)
+    assert report.kinds() == {"class_names_swapped": 2}, report.render()
+    assert "label 1 is named 'TZ', which is label 2" in report.fatal[0].message
+
+
+def test_an_unforeseen_error_is_a_named_problem_not_a_traceback(spleen_dataset, tmp_path):
+    b = Broken(spleen_dataset, tmp_path, "spleen", keep=1)
+    report = ProblemReport()
+    # a label "path" that is not a path at all: no check foresees it
+    check_case(Case(b.path("image"), b"\xff\xfe", "x"), get_task("spleen", "tiny"), "training", report)
+    assert [p.kind for p in report.problems] == ["unexpected_error"], report.render()
+    assert "TypeError" in report.problems[0].message and "Traceback" not in report.render()
+
+
+def test_size_limit_comes_from_the_site_yaml(spleen_dataset, tmp_path):
+    b = Broken(spleen_dataset, tmp_path, "spleen", keep=1)
+    path = b.site_yaml()
+    path.write_text(path.read_text().replace("datalist:", "max_voxels: 1000\n    datalist:", 1))
+    site = load_site_config(path)
+    assert site.datasets["spleen"].max_voxels == 1000
+    with pytest.raises(DataError, match=r"\[too_large\].*limit for task 'spleen' is 1,000"):
+        open_site_data(get_task("spleen", "tiny"), site)
+    path.write_text(path.read_text().replace("max_voxels: 1000", "max_voxels: many"))
+    with pytest.raises(ConfigError, match="'max_voxels' must be a whole number"):
+        load_site_config(path)

@@ -8,10 +8,13 @@ Example (``site_configs/site-1.yaml``)::
     cache_rate: 1.0       # fraction of preprocessed volumes kept in memory
     num_workers: 0        # data-loading threads
     cache_dir: .cache     # derived data such as Deepgrow 2D slices (default .fedseg_cache/<site>)
+    training_only: false  # true: this site has no validation cases on purpose
+    symlinks_outside_root: refuse  # refuse | warn: files reached through a symlink leading out of data_root
     datasets:
       spleen:
         data_root: ../data/spleen                 # relative paths are relative to this file
         datalist: ../data/spleen/splits/site-1.json
+        max_voxels: 268435456                     # optional: largest volume (default: the task's limit)
 
 Relative paths resolve against the YAML file's folder. The file is read with a safe loader and
 validated on load; every problem is reported at once, naming the site, the key and what is allowed.
@@ -41,6 +44,7 @@ class TaskData:
 
     data_root: Path
     datalist: Path
+    max_voxels: int | None = None  # the site's own size limit for one volume (None: the task's)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class SiteConfig:
     backend: str = "local"
     ray: RaySettings = field(default_factory=RaySettings)
     cache_dir: Path | None = None
+    training_only: bool = False
+    symlinks_outside_root: str = "refuse"
 
     def derived_dir(self, task: str) -> Path:
         """Where data derived from the site's own (e.g. Deepgrow's 2D slices) is written: it stays at the site."""
@@ -99,6 +105,8 @@ _TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ray": (lambda v: isinstance(v, dict), "a mapping with workers, gpus_per_worker, address"),
     "cache_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path (relative to this file) for derived data"),
     "datasets": (lambda v: isinstance(v, dict) and bool(v), "a non-empty mapping of task name to data_root and datalist"),
+    "training_only": (lambda v: isinstance(v, bool), "true or false"),
+    "symlinks_outside_root": (lambda v: v in ("refuse", "warn"), "'refuse' or 'warn'"),
 }
 _RAY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "workers": (lambda v: _is_int(v) and 1 <= v <= 1024, "a whole number >= 1"),
@@ -106,6 +114,9 @@ _RAY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "address": (lambda v: v is None or (isinstance(v, str) and bool(v)), "'auto', 'ray://host:port' or omitted"),
 }
 _DATASET_KEYS = ("data_root", "datalist")
+_DATASET_OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_voxels": (lambda v: _is_int(v) and v >= 1, "a whole number of voxels >= 1"),
+}
 
 
 def _check_keys(raw: dict, allowed: dict, where: str, errors: list[str]) -> None:
@@ -148,15 +159,19 @@ def load_site_config(path: Path) -> SiteConfig:
                 errors.append(f"{where}must be a mapping with {' and '.join(_DATASET_KEYS)}")
                 continue
             for key in entry:
-                if key not in _DATASET_KEYS:
-                    errors.append(f"{where}unknown key {key!r}; allowed keys: {', '.join(_DATASET_KEYS)}")
+                if key not in _DATASET_KEYS and key not in _DATASET_OPTIONAL:
+                    errors.append(f"{where}unknown key {key!r}; allowed keys: "
+                                  f"{', '.join((*_DATASET_KEYS, *_DATASET_OPTIONAL))}")
+                elif key in _DATASET_OPTIONAL and not _DATASET_OPTIONAL[key][0](entry[key]):
+                    errors.append(f"{where}{key!r} must be {_DATASET_OPTIONAL[key][1]}, got {entry[key]!r}")
             for key in _DATASET_KEYS:
                 if not isinstance(entry.get(key), str) or not entry.get(key):
                     errors.append(f"{where}{key!r} must be a path (relative to {path.parent})")
             if not any(e.startswith(where) for e in errors):
                 base = path.parent
                 datasets[str(task)] = TaskData(
-                    data_root=(base / entry["data_root"]).resolve(), datalist=(base / entry["datalist"]).resolve()
+                    data_root=(base / entry["data_root"]).resolve(), datalist=(base / entry["datalist"]).resolve(),
+                    max_voxels=entry.get("max_voxels"),
                 )
     if errors:
         raise ConfigError(f"{label} has {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
@@ -171,6 +186,8 @@ def load_site_config(path: Path) -> SiteConfig:
         backend=raw.get("backend", "local"),
         ray=RaySettings(**ray_raw) if isinstance(ray_raw, dict) else RaySettings(),
         cache_dir=(path.parent / raw["cache_dir"]).resolve() if raw.get("cache_dir") else None,
+        training_only=raw.get("training_only", False),
+        symlinks_outside_root=raw.get("symlinks_outside_root", "refuse"),
     )
 
 

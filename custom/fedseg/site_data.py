@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fedseg.data.checks import check_data
 from fedseg.data.datalist import Datalist
+from fedseg.data.policy import CheckPolicy
 from fedseg.data.problems import ProblemReport
 from fedseg.site_config import SiteConfig
 from fedseg.tasks.spec import TaskSpec
@@ -46,7 +47,8 @@ def open_site_data(spec: TaskSpec, site: SiteConfig, *, strict: bool = True) -> 
     warnings are logged and do not stop the run.
     """
     task_data = site.task_data(spec.name)
-    datalist, info, report = check_data(spec, task_data.data_root, task_data.datalist)
+    datalist, info, report = check_data(spec, task_data.data_root, task_data.datalist,
+                                        policy=CheckPolicy.for_site(site, spec.name))
     for warning in report.warnings:
         log.warning("site %s: %s", site.site, warning)
     if strict:

@@ -27,5 +27,6 @@ PROSTATE = TaskSpec(
     sw_batch_size=1,
     empty_class_dice="nan",
     plausible_range=(-1.0e4, 1.0e6),  # MR units are arbitrary; only absurd values warn
+    max_voxels=2**27,  # T2 and ADC together; MSD Task05 volumes hold about 4 million
     small=SmallVariant(spacing=(1.5, 1.5, 3.0), patch_size=(48, 48, 16), sw_roi=(96, 96, 32)),
 )

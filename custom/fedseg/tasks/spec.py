@@ -161,6 +161,11 @@ class TaskSpec:
     empty_class_dice: Literal["nan", "one"] = "nan"
     # Intensity range a voxel of this modality can plausibly hold (preflight warns outside it).
     plausible_range: tuple[float, float] = (-1024.0, 3071.0)
+    # Voxel spacing (mm, along every axis) a file may have; the check refuses finer or coarser files.
+    spacing_range: tuple[float, float] = (0.1, 10.0)
+    # Most voxels (channels included) one file may hold, before and after resampling to ``spacing``;
+    # a site may set its own limit (``max_voxels`` under the task in its YAML).
+    max_voxels: int = 2**28
     # Set for click-driven (Deepgrow) tasks: labels are then "background"/"object" and the class
     # names reported are the objects of the dataset's own label map.
     interaction: InteractionSpec | None = None
