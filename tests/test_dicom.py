@@ -259,7 +259,7 @@ def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid(tmp_path):
     geometry = check_geometry(scan.series[0], report)
     assert [(p.kind, p.fatal) for p in report.problems] == [("gantry_tilt", False)]
     assert "resampled onto an orthogonal grid" in report.problems[0].message
-    volume = to_regular_grid(read_slices(geometry, "tilted"), geometry)
+    volume = to_regular_grid(read_slices(geometry), geometry)
     lps, _ = reorient_from_ras(image, affine, "LPS")
     n = volume.shape[2]
     assert np.array_equal(volume[:, n:, :], lps[:, n:, :])  # rows above n lay outside the tilted slices

@@ -41,7 +41,7 @@ def read_series_folder(folder: Path) -> tuple[SeriesGeometry, np.ndarray]:
         raise DataError(f"{folder}: {found}; point --image at one series' folder" + (f"\n{details}" if details else ""))
     series, geometry = usable[0]
     try:
-        volume = read_slices(geometry, series.shown)
+        volume = read_slices(geometry)
     except ValueError as exc:
         raise DataError(f"{folder}: {exc}") from None
     return geometry, to_regular_grid(volume, geometry)

@@ -184,7 +184,7 @@ def import_dicom(src: Path, out: Path, *, labels: Path | None = None, classes: t
     for uid, geometry in geometries.items():
         series = by_uid[uid]
         try:
-            volume = to_regular_grid(read_slices(geometry, series.shown), geometry)
+            volume = to_regular_grid(read_slices(geometry), geometry)
         except ValueError as exc:
             report.add("undecodable_pixels", series.shown, str(exc))
             continue

@@ -130,7 +130,7 @@ def check_geometry(series: Series, report: ProblemReport) -> SeriesGeometry | No
                           positions, depths, spacing, tuple(resampled))
 
 
-def read_slices(geometry: SeriesGeometry, where: str) -> np.ndarray:
+def read_slices(geometry: SeriesGeometry) -> np.ndarray:
     """The sorted slices' values after the modality transform, shape (columns, rows, slices).
 
     int16 when every slice's slope and intercept are whole numbers and the values fit (CT in HU),
@@ -139,8 +139,11 @@ def read_slices(geometry: SeriesGeometry, where: str) -> np.ndarray:
     Raises:
         ValueError: a file's pixel data cannot be decoded (names the file and its transfer syntax).
     """
-    planes, whole = [], True
-    for f in geometry.files:
+    first = geometry.files[0].ds
+    # float32 holds every whole HU value exactly; one slice at a time keeps memory to the volume itself.
+    volume = np.empty((int(first.Columns), int(first.Rows), len(geometry.files)), dtype=np.float32)
+    whole = True
+    for k, f in enumerate(geometry.files):
         try:
             stored = f.ds.pixel_array
         except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise many types; the message says which file
@@ -149,13 +152,11 @@ def read_slices(geometry: SeriesGeometry, where: str) -> np.ndarray:
                              f"install the decoders with pip install 'fedseg[dicom]'") from None
         slope, intercept = float(f.ds.get("RescaleSlope", 1) or 1), float(f.ds.get("RescaleIntercept", 0) or 0)
         whole &= slope.is_integer() and intercept.is_integer()
-        planes.append(apply_rescale(stored, f.ds) if "RescaleSlope" in f.ds or "RescaleIntercept" in f.ds
-                      else stored.astype(np.float64))
+        volume[:, :, k] = apply_rescale(stored, f.ds).T
         f.ds.pop("PixelData", None)  # decoded; keep memory to one slice's headers
-    volume = np.stack(planes, axis=-1).transpose(1, 0, 2)
     if whole and volume.min() >= np.iinfo(np.int16).min and volume.max() <= np.iinfo(np.int16).max:
-        return np.ascontiguousarray(volume.astype(np.int16))
-    return np.ascontiguousarray(volume.astype(np.float32))
+        return volume.astype(np.int16)
+    return volume
 
 
 def to_regular_grid(volume: np.ndarray, geometry: SeriesGeometry, *, label: bool = False) -> np.ndarray:
