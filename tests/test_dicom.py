@@ -265,7 +265,7 @@ def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid(tmp_path):
     assert np.array_equal(volume[:, n:, :], lps[:, n:, :])  # rows above n lay outside the tilted slices
 
 
-def test_undecodable_pixel_data_names_the_file(tmp_path):
+def test_undecodable_pixel_data_names_the_file(tmp_path, capsys):
     image, _, affine = _phantom(32)
     datasets = ct_series(image, affine, seed=32)
     paths = write_series(datasets, tmp_path / "src" / "s1")
@@ -273,10 +273,12 @@ def test_undecodable_pixel_data_names_the_file(tmp_path):
     broken.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     broken.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8 not a jpeg \xff\xd9"])
     broken.save_as(paths[2])
-    result = import_dicom(tmp_path / "src", tmp_path / "out")
-    (problem,) = result.report.fatal
-    assert problem.kind == "undecodable_pixels" and result.unlabelled == []
-    assert problem.message.startswith(f"s1/{paths[2].name}: cannot decode pixel data (JPEG Baseline")
+    rc = main(["data", "import-dicom", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert rc == 1 and "no importable series: nothing written" in printed
+    assert f"ERROR [undecodable_pixels] s1 (series 1): s1/{paths[2].name}: cannot decode pixel data (JPEG Baseline" \
+        in printed and "Traceback" not in printed
+    assert not (tmp_path / "out" / "dataset.json").exists()  # a corrected re-run may use the same folder
 
 
 def test_seg_frames_land_on_their_source_slices(tmp_path):

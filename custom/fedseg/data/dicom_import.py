@@ -40,8 +40,9 @@ class ImportResult:
 
     def summary(self) -> str:
         refused = len({p.file for p in self.report.fatal})
-        return (f"{len(self.labelled)} labelled and {len(self.unlabelled)} unlabelled case(s) written to {self.root}; "
-                f"{refused} series or label file(s) refused, {len(self.report.warnings)} warning(s)")
+        written = (f"{len(self.labelled)} labelled and {len(self.unlabelled)} unlabelled case(s) written to {self.root}"
+                   if self.manifest else f"no importable series: nothing written to {self.root}")
+        return f"{written}; {refused} series or label file(s) refused, {len(self.report.warnings)} warning(s)"
 
 
 @dataclass
@@ -206,6 +207,8 @@ def import_dicom(src: Path, out: Path, *, labels: Path | None = None, classes: t
             "resampled": list(geometry.resampled),
             "problems": [str(p) for p in report.problems if p.file == series.shown],
         }
+    if not manifest_cases:
+        return result  # nothing importable: leave no dataset.json that would block a corrected re-run
     _write_dataset_json(out, name, modality, class_names, entries, tests)
     result.manifest = write_manifest(out, {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

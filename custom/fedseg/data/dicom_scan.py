@@ -113,8 +113,12 @@ def scan_folder(root: Path, extra_roots: tuple[Path, ...] = ()) -> Scan:
     report = ProblemReport()
     groups: dict[str, Series] = defaultdict(lambda: Series(""))
     segs: list[DicomFile] = []
+    seen: set[Path] = set()  # a labels folder inside the source tree is read once
     for base in (root, *extra_roots):
         for path in sorted(p for p in Path(base).rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
             shown = str(path.relative_to(base)) if base == root else str(path)
             if base != root and path.suffix.lower() in (".nii", ".gz", ".nrrd", ".nhdr"):
                 continue  # mask files in the labels folder are read elsewhere
