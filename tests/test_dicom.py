@@ -32,7 +32,7 @@ from pydicom.uid import (
 from fedseg.cli import main
 from fedseg.data.dicom_import import import_dicom
 from fedseg.data.dicom_scan import scan_folder
-from fedseg.data.dicom_series import check_geometry, read_slices, to_regular_grid
+from fedseg.data.dicom_series import check_geometry, read_slices, to_regular_grid, to_source_slices
 from fedseg.data.local_manifest import LOCAL_DIR, MANIFEST_RELPATH, manifest_path
 from fedseg.data.phantoms.abdomen import ORGANS, PhantomOptions, synth_abdomen
 from fedseg.data.phantoms.dicom import ct_series, localizer, write_series
@@ -263,6 +263,12 @@ def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid(tmp_path):
     lps, _ = reorient_from_ras(image, affine, "LPS")
     n = volume.shape[2]
     assert np.array_equal(volume[:, n:, :], lps[:, n:, :])  # rows above n lay outside the tilted slices
+    # A mask on the orthogonal grid goes back onto the tilted slices (as fedseg infer does for a SEG).
+    spleen = (synth_abdomen(31, SMALL).organs == ORGANS["spleen"]).astype(np.uint8)
+    mask = reorient_from_ras(spleen, affine, "LPS")[0]
+    on_slices = to_source_slices(mask, geometry)
+    tilted = np.stack([np.roll(mask[:, :, k], -k, axis=1) for k in range(n)], axis=-1)
+    assert mask.sum() > 0 and np.array_equal(on_slices[:, : -n], tilted[:, : -n])
 
 
 def test_undecodable_pixel_data_names_the_file(tmp_path, capsys):
