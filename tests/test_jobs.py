@@ -49,7 +49,7 @@ def test_best_model_is_selected_by_validation_dice():
     selector = next(c for c in server["components"] if c["path"].endswith("IntimeModelSelector"))
     assert selector["args"]["key_metric"] == "val_dice"
     workflows = [w["path"].rsplit(".", 1)[-1] for w in server["workflows"]]
-    assert workflows == ["ConsortiumFedAvg", "CrossSiteModelEval"]
+    assert workflows == ["ConsortiumFedAvg", "ConsortiumCrossSiteEval"]
 
 
 def test_every_site_trains_and_failures_are_tolerated_down_to_the_minimum():
@@ -61,20 +61,54 @@ def test_every_site_trains_and_failures_are_tolerated_down_to_the_minimum():
     assert json.loads((REPO / "jobs/spleen_fedavg/meta.json").read_text())["min_clients"] == 2
 
 
-def test_fedprox_and_fedopt_jobs_use_nvflares_own_recipes(tmp_path):
+def _server_and_client(job_dir):
+    return (json.loads((job_dir / "app/config/config_fed_server.json").read_text()),
+            json.loads((job_dir / "app/config/config_fed_client.json").read_text()))
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedopt"])
+def test_every_algorithm_has_the_same_deadlines_heartbeats_and_bounded_cross_site_evaluation(tmp_path, algorithm):
+    from fedseg.flare.jobs import DEADLINES, job_for
+
+    job = job_for("spleen", algorithm).with_overrides(round_timeout=300, straggler_grace=20, heartbeat_timeout=30)
+    server, client = _server_and_client(export_job(job, tmp_path))
+    controller, cse = server["workflows"]
+    assert controller["path"].startswith("fedseg.flare.controller.Consortium")
+    assert (controller["args"]["round_timeout"], controller["args"]["straggler_grace"]) == (300, 20)
+    assert cse["path"] == "fedseg.flare.cross_site.ConsortiumCrossSiteEval"
+    assert cse["args"]["submit_model_timeout"] == 300 and cse["args"]["validation_timeout"] == 300
+    liveness = next(c for c in server["components"] if c["id"] == "fedseg_liveness")
+    assert liveness["path"] == "fedseg.flare.liveness.SiteLiveness" and liveness["args"]["heartbeat_timeout"] == 30
+    assert any(c["path"] == "fedseg.flare.liveness.SiteHeartbeat" for c in client["components"])
+    # The defaults come from the variant.
+    default, _ = _server_and_client(export_job(job_for("spleen", algorithm), tmp_path / "default"))
+    assert default["workflows"][0]["args"]["round_timeout"] == DEADLINES["tiny"].round
+
+
+def test_fedprox_and_fedopt_jobs_use_nvflares_own_controllers(tmp_path):
     from fedseg import cli
-    from fedseg.flare.jobs import ALGORITHMS, job_for
+    from fedseg.flare.jobs import ALGORITHMS, job_for, resumed
 
     assert cli.ALGORITHMS == ALGORITHMS
-    prox = json.loads((export_job(job_for("spleen", "fedprox"), tmp_path) / "app/config/config_fed_server.json").read_text())
-    controller = prox["workflows"][0]["args"]
-    assert prox["workflows"][0]["path"].endswith("ConsortiumFedAvg") and controller["fedprox_mu"] == 0.01
-    opt = json.loads((export_job(job_for("spleen", "fedopt"), tmp_path) / "app/config/config_fed_server.json").read_text())
-    components = {c["id"]: c for c in opt["components"]}
-    assert components["shareable_generator"]["path"].endswith("PTFedOptModelShareableGenerator")
-    assert components["shareable_generator"]["args"]["optimizer_args"]["args"] == {"lr": 1.0, "momentum": 0.6}
-    assert components["model_selector"]["args"]["key_metric"] == "val_dice"
-    client = json.loads((tmp_path / "spleen_fedopt/app/config/config_fed_client.json").read_text())
-    assert '"params_transfer_type": "DIFF"' in json.dumps(client) or "DIFF" in json.dumps(client)
-    with pytest.raises(ValueError, match="fedavg and fedprox"):
-        JobSpec("spleen", algorithm="fedopt", initial_model="/srv/m.pt", start_round=3)
+    prox, _ = _server_and_client(export_job(job_for("spleen", "fedprox"), tmp_path))
+    assert prox["workflows"][0]["path"].endswith("ConsortiumFedAvg") and prox["workflows"][0]["args"]["fedprox_mu"] == 0.01
+    opt, client = _server_and_client(export_job(job_for("spleen", "fedopt"), tmp_path))
+    controller = opt["workflows"][0]
+    # NVFlare's ModelController FedOpt (not FedOptRecipe's ScatterAndGather), so it shares the round rules.
+    assert controller["path"] == "fedseg.flare.controller.ConsortiumFedOpt"
+    assert controller["args"]["optimizer_args"]["args"] == {"lr": 1.0, "momentum": 0.6}
+    assert controller["args"]["source_model"]["args"] == {"task": "spleen", "variant": "tiny"}
+    assert "DIFF" in json.dumps(client)
+    assert {c["id"]: c for c in opt["components"]}["model_selector"]["args"]["key_metric"] == "val_dice"
+    # FedOpt resumes like the others now.
+    job = JobSpec("spleen", algorithm="fedopt", initial_model="/srv/m.pt", start_round=3, num_rounds=2)
+    resumed_server, _ = _server_and_client(export_job(job, tmp_path / "resumed"))
+    assert resumed_server["workflows"][0]["args"]["start_round"] == 3
+    assert resumed is not None
+
+
+def test_deadlines_are_validated():
+    with pytest.raises(ValueError, match="round_timeout"):
+        JobSpec("spleen", round_timeout=0)
+    with pytest.raises(ValueError, match="straggler_grace"):
+        JobSpec("spleen", straggler_grace=-1)

@@ -58,7 +58,13 @@ def test_a_nan_site_is_left_out_and_the_global_model_stays_finite(data, tmp_path
     assert [len(r["sites"]) for r in result.results.rounds] == [3, 2, 2]
 
 
-def test_the_job_stops_when_fewer_sites_than_its_minimum_remain(data, tmp_path, monkeypatch):
-    with pytest.raises(FedsegError, match="simulator exited"):
-        _run(data, tmp_path, monkeypatch, "site-2:raise:1", sites=2)
-    assert "fewer than the job's minimum of 2; stopping the job" in _log(tmp_path)
+def test_the_job_stops_cleanly_when_fewer_sites_than_its_minimum_remain(data, tmp_path, monkeypatch):
+    result = _run(data, tmp_path, monkeypatch, "site-2:raise:1", sites=2)
+    ended = result.results.ended
+    assert ended["reason"] == "too_few_sites" and ended["sites"] == ["site-2"] and ended["round"] == 1
+    assert "fewer than the job's minimum of 2" in _log(tmp_path)
+    # Not a panic: the round-0 global model is kept and the remaining site still scores it.
+    assert (result.workspace / "server/simulate_job/app_server/FL_global_model.pt").is_file()
+    assert result.results.sites == ["site-1"]
+    body = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert body["ended"]["reason"] == "too_few_sites" and "site-2" in body["failed_sites"]

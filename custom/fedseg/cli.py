@@ -56,12 +56,14 @@ def cmd_data_split(a) -> int:
 
 def cmd_data_check(a) -> int:
     from fedseg.data.checks import check_data
+    from fedseg.data.policy import CheckPolicy
     from fedseg.site_config import load_site_config
 
     spec = get_task(a.task, a.variant)
     site = load_site_config(Path(a.site_config))
     task_data = site.task_data(spec.name)
-    _, _, report = check_data(spec, task_data.data_root, task_data.datalist)
+    _, _, report = check_data(spec, task_data.data_root, task_data.datalist,
+                              policy=CheckPolicy.for_site(site, spec.name))
     if report.problems:
         print(report.render())
     print(f"site {site.site}, task {spec.name}: {report.summary()}")
@@ -77,6 +79,21 @@ def cmd_data_deepgrow_2d(a) -> int:
     print(f"wrote {len(prepared.items)} 2D samples at {spec.spacing[0]:g} x {spec.spacing[1]:g} mm to {a.out} "
           f"({counts}; {prepared.dropped_small} object slices under {spec.interaction.min_area_mm2:g} mm^2 left out); "
           f"list: {Path(a.out) / 'datalist.json'}")
+    return 0
+
+
+def cmd_data_import_dicom(a) -> int:
+    from fedseg.data.dicom_import import import_dicom
+
+    classes = tuple(c.strip() for c in a.classes.split(",") if c.strip()) if a.classes else None
+    result = import_dicom(Path(a.src), Path(a.out), labels=Path(a.labels) if a.labels else None, classes=classes,
+                          modality=a.modality, name=a.name)
+    if result.report.problems:
+        print(result.report.render())
+    print(result.summary())
+    if result.manifest is None:
+        return 1
+    print(f"site-local manifest (patient and series identifiers; never leaves the site): {result.manifest}")
     return 0
 
 
@@ -150,6 +167,13 @@ def cmd_infer(a) -> int:
     variant = a.variant or detect_variant(a.task, Path(a.model))
     spec = get_task(a.task, variant)
     predictor = Predictor(spec, Path(a.model), Runtime.create(a.device or "auto", num_threads=a.threads))
+    if Path(a.image).is_dir():
+        from fedseg.infer_dicom import segment_series
+
+        print(f"wrote {', '.join(str(p) for p in segment_series(predictor, Path(a.image), Path(a.out)))}")
+        return 0
+    if Path(a.out).suffix.lower() == ".dcm":
+        raise FedsegError(f"{a.out}: a DICOM SEG needs a DICOM series folder as --image (got the file {a.image})")
     out = predictor.segment(Path(a.image), Path(a.out))
     print(f"wrote {out}")
     return 0
@@ -160,7 +184,7 @@ def cmd_jobs_export(a) -> int:
     from fedseg.flare.jobs import COMMITTED, export_job, job_for, resumed
 
     overrides = dict(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients,
-                     privacy=a.privacy, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus))
+                     privacy=a.privacy, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus), **_deadline_overrides(a))
     if a.task:
         jobs = (job_for(a.task, a.algorithm or "fedavg").with_overrides(**overrides),)
     else:
@@ -172,6 +196,20 @@ def cmd_jobs_export(a) -> int:
     for job in jobs:
         print(f"exported {export_job(job, Path(a.out), bundle_code=a.bundle_code)}")
     return 0
+
+
+def _deadline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round-timeout", type=int, default=None, metavar="S",
+                   help="every training round ends after S seconds at the latest (default: the variant's, see README)")
+    p.add_argument("--straggler-grace", type=int, default=None, metavar="S",
+                   help="once min-clients updates are in, wait at most S more seconds for the rest")
+    p.add_argument("--heartbeat-timeout", type=int, default=None, metavar="S",
+                   help="a site silent for S seconds is treated as lost until it beats again")
+
+
+def _deadline_overrides(a) -> dict:
+    return dict(round_timeout=a.round_timeout, straggler_grace=a.straggler_grace,
+                heartbeat_timeout=a.heartbeat_timeout)
 
 
 def _site_gpus(values: list[str] | None) -> tuple[tuple[str, int], ...] | None:
@@ -192,8 +230,7 @@ def cmd_simulate(a) -> int:
 
     if a.resume:
         result = resume_run(Path(a.resume))
-        _print_simulation(result.results.job_dir.name, result, Path(a.resume) / "resumed")
-        return 0
+        return _print_simulation(result.results.job_dir.name, result, Path(a.resume) / "resumed")
     job_dir = None
     if a.job:
         job_dir = Path(a.job)
@@ -203,28 +240,34 @@ def cmd_simulate(a) -> int:
         job = committed_job(json.loads(meta.read_text())["name"])
     else:
         job = job_for(a.task or "spleen", a.algorithm)
-    overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites),
-                                    privacy=a.privacy)
+    overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs,
+                                    min_clients=a.min_clients or min(2, a.sites), privacy=a.privacy,
+                                    **_deadline_overrides(a))
     if overridden != job:
         job, job_dir = overridden, None  # re-export with the overrides instead of editing the folder
     data_dir = Path(a.data or f"data/{job.task}")
     run_dir = Path(a.run_dir or f"runs/{job.name}")
     result = simulate(job, n_sites=a.sites, data_dir=data_dir, run_dir=run_dir, cases=a.cases, seed=a.seed,
                       job_dir=job_dir)
-    _print_simulation(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local epochs "
-                      f"({job.variant} variant)", result, run_dir)
-    return 0
+    return _print_simulation(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local "
+                             f"epochs ({job.variant} variant)", result, run_dir)
 
 
-def _print_simulation(title: str, result, run_dir: Path) -> None:
+def _print_simulation(title: str, result, run_dir: Path) -> int:
+    """Print the run's table and what went wrong; exit status 1 when training stopped before its last round."""
     print()
     print(f"{title}; Dice on each site's test cases:")
     print(result.table())
+    for site, what in sorted(result.results.participation().items()):
+        print(f"WARNING: {site}: " + "; ".join(f"{k} round(s) {', '.join(map(str, v))}" for k, v in what.items()))
     if result.failed_sites:
         print(f"WARNING: site(s) {', '.join(result.failed_sites)} failed during the run; see {run_dir / 'simulator.log'}")
+    if not result.results.finished:
+        print(f"ERROR: training stopped before its last round: {result.results.ended.get('message')}")
     print(f"best round: {result.best_round}; wall time {result.wall_time_s:.0f} s "
           f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}; "
           f"report and plots in {run_dir / 'report.md'}, {run_dir / 'validation_dice.png'}")
+    return 0 if result.results.finished else 1
 
 
 def cmd_report(a) -> int:
@@ -283,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--variant", default="full", choices=VARIANTS, help="full: 1 x 1 mm pixels; tiny: 3 x 3 mm")
     p.set_defaults(func=cmd_data_deepgrow_2d)
+    p = data.add_parser("import-dicom", help="DICOM series (and SEG or NIfTI/NRRD labels) into an MSD-layout dataset")
+    p.add_argument("--src", required=True, help="folder tree of DICOM files (any layout; grouped by series)")
+    p.add_argument("--out", required=True, help="new dataset folder (dataset.json, imagesTr, labelsTr, imagesTs)")
+    p.add_argument("--labels", default=None, help="folder of DICOM SEG files and/or NIfTI/NRRD masks on the series' grid")
+    p.add_argument("--classes", default=None,
+                   help="foreground class names in label-value order, e.g. liver,tumour (default: the SEG's segments)")
+    p.add_argument("--modality", default=None, help="import only this modality (default: the most common one)")
+    p.add_argument("--name", default="dicom_import", help="dataset name in dataset.json")
+    p.set_defaults(func=cmd_data_import_dicom)
     p = data.add_parser("check", help="check every file a site lists for a task; all problems at once")
     _task_args(p)
     p.add_argument("--site-config", required=True)
@@ -309,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="segment a volume; the mask is written on the input's grid")
     _task_args(p, variant_default=None)
     p.add_argument("--model", required=True)
-    p.add_argument("--image", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--image", required=True, help="a NIfTI file, or a folder holding one DICOM series")
+    p.add_argument("--out", required=True,
+                   help="mask.nii.gz; or, for a DICOM series, mask.dcm: a DICOM SEG plus mask.nii.gz beside it")
     _runtime_args(p)
     p.set_defaults(func=cmd_infer)
 
@@ -345,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site-gpus", nargs="+", default=None, metavar="SITE=N", help="per-site GPU overrides")
     p.add_argument("--bundle-code", action="store_true",
                    help="ship the fedseg package in app/custom (sites need nvflare, torch, MONAI, not fedseg)")
+    _deadline_args(p)
     p.set_defaults(func=cmd_jobs_export)
 
     p = sub.add_parser("simulate", help="synth + split + nvflare simulator + results table")
@@ -361,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="fedavg", choices=ALGORITHMS, help="NVFlare's FedAvg, FedProx or FedOpt recipe")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a stopped run from its last global model (into RUN_DIR/resumed)")
+    p.add_argument("--min-clients", type=int, default=None,
+                   help="the job goes on while this many sites deliver (default: 2, or 1 with one site)")
+    _deadline_args(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("report", help="tables, JSON and plots from a finished job (simulator, POC or production)")

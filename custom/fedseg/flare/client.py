@@ -24,9 +24,11 @@ import torch
 from nvflare.client.tracking import SummaryWriter
 
 from fedseg.checkpoint import save_model
+from fedseg.data.fingerprint import changes, take_fingerprint
 from fedseg.engine import Runtime
 from fedseg.engine.engine import to_state_dict
 from fedseg.errors import ConfigError, FedsegError, NonFiniteLossError
+from fedseg.flare.controller import LEAVING
 from fedseg.flare.guard import WITHHELD
 from fedseg.networks import build_network
 from fedseg.runners.site import make_site_trainer
@@ -128,15 +130,25 @@ def round_progress(model) -> tuple[float, float]:
     return model.current_round / total, (model.current_round + 1) / total
 
 
-def _leave(failure: SiteFailure) -> None:
-    """Answer the first task with the reason this site cannot take part, then end its part.
+def _leave(failure: SiteFailure, *, received: bool = False) -> None:
+    """Answer the current (or next) task with the reason this site cannot take part, then end its part.
 
-    The reason travels as a withheld update, so the server's UpdateGuard logs it and FedAvg goes on
-    with the other sites; the message names problem kinds and counts, never files.
+    The reason travels as a withheld update marked as leaving, so the server's UpdateGuard logs it,
+    the controller stops sending this site tasks (cross-site evaluation included) and the job goes
+    on with the other sites; the message names problem kinds and counts, never files.
     """
     if flare.is_running():
-        flare.receive()
-        flare.send(flare.FLModel(metrics={"site_failed": 1.0}, meta={WITHHELD: str(failure)}))
+        if not received:
+            flare.receive()
+        flare.send(flare.FLModel(metrics={"site_failed": 1.0}, meta={WITHHELD: str(failure), LEAVING: True}))
+
+
+def _check_unchanged(site: str, fingerprint) -> None:
+    """Raise :class:`SiteFailure` if the site's files changed since its check (details stay in the site's log)."""
+    report = changes(fingerprint)
+    if report.fatal:
+        log.error("fedseg %s: data changed since the check, the site stops taking part:\n%s", site, report.render())
+        raise SiteFailure(f"site {site} stops: its data changed since the check: {report.summary()}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     import fedseg
 
     log.info("fedseg %s: fedseg %s from %s", site, fedseg.__version__, Path(fedseg.__file__).parent)
+    fingerprint = take_fingerprint(data.datalist)
     trainer = make_site_trainer(data, runtime, seed=seed_from(args.seed, zlib.crc32(site.encode())))
     tracker = SummaryWriter()
     out = Path.cwd() / "fedseg"
@@ -160,6 +173,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         while flare.is_running():
             model = flare.receive()
+            try:
+                _check_unchanged(site, fingerprint)
+            except SiteFailure as failure:
+                _leave(failure, received=True)
+                return
             if flare.is_submit_model():
                 if last_weights is None:
                     raise SiteFailure(f"site {site}: asked for its local model before training any round")
@@ -173,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             start = time.perf_counter()
             val = trainer.evaluate(params, "validation")
+            log.info("fedseg %s round %s: training %d local epoch(s)", site, model.current_round, args.local_epochs)
             try:
                 result = trainer.train(params, args.local_epochs, progress=round_progress(model),
                                        regularizer=fedprox_term(model, params, spec, runtime))

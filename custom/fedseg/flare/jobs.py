@@ -26,6 +26,28 @@ CLIENT_SCRIPT = Path(__file__).with_name("fedseg_client.py")
 ALGORITHMS = ("fedavg", "fedprox", "fedopt")
 PRIVACY = ("none", "exclude", "percentile")
 KEY_METRIC = "val_dice"
+HEARTBEAT_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long the server waits, in seconds (see fedseg.flare.controller and README "Lost sites").
+
+    ``round``: every training round ends by then. ``grace``: once ``min_clients`` updates are in, the
+    longest wait for the rest. ``heartbeat``: a site silent that long is treated as lost.
+    """
+
+    round: int
+    grace: int
+    heartbeat: int
+
+
+# Chosen from measured round times, with a wide margin for slow or busy machines: a tiny round takes
+# about 10-15 s on 2 CPU cores (the demo: 6 local epochs), so 900 s is ~60x that and the grace ~10x;
+# a card-sized round on one GPU takes minutes (and hours on a CPU), hence 4 h and 30 min. The heartbeat
+# timeout is 12 missed beats (tiny) or 24 (full, whose sites may stall longer on I/O).
+DEADLINES = {"tiny": Deadlines(round=900, grace=120, heartbeat=60),
+             "full": Deadlines(round=4 * 3600, grace=1800, heartbeat=120)}
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,10 @@ class JobSpec:
     # FedOpt's server optimizer on the averaged update (NVFlare's default: SGD, lr 1, momentum 0.6).
     server_lr: float = 1.0
     server_momentum: float = 0.6
+    # Seconds; None: the variant's default in DEADLINES.
+    round_timeout: int | None = None
+    straggler_grace: int | None = None
+    heartbeat_timeout: int | None = None
 
     def __post_init__(self) -> None:
         get_task(self.task, self.variant)  # refuses unknown tasks and variants early
@@ -65,14 +91,24 @@ class JobSpec:
                 raise ValueError(f"{what} must be at least 1, got {getattr(self, what)}")
         if self.gpus < 0 or any(n < 0 for _, n in self.site_gpus):
             raise ValueError("GPU counts cannot be negative")
-        if self.algorithm == "fedopt" and self.initial_model is not None:
-            raise ValueError("resuming is offered for fedavg and fedprox jobs; NVFlare's FedOpt workflow "
-                             "has no start round")
+        for what in ("round_timeout", "heartbeat_timeout"):
+            if getattr(self, what) is not None and getattr(self, what) < 1:
+                raise ValueError(f"{what} must be at least 1 second, got {getattr(self, what)}")
+        if self.straggler_grace is not None and self.straggler_grace < 0:
+            raise ValueError(f"straggler_grace cannot be negative, got {self.straggler_grace}")
         if self.algorithm == "fedopt" and self.privacy == "exclude":
             raise ValueError("privacy 'exclude' needs every variable in the update; FedOpt's server optimizer "
                              "would step variables that never arrive")
         if self.initial_model is not None and not Path(self.initial_model).is_absolute():
             raise ValueError(f"initial_model must be an absolute path on the server, got {self.initial_model!r}")
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The job's waits: the variant's defaults, with this job's overrides."""
+        default = DEADLINES[self.variant]
+        return Deadlines(round=self.round_timeout or default.round,
+                         grace=default.grace if self.straggler_grace is None else self.straggler_grace,
+                         heartbeat=self.heartbeat_timeout or default.heartbeat)
 
     @property
     def name(self) -> str:
@@ -128,23 +164,38 @@ def committed_job(name: str) -> JobSpec:
     raise ValueError(f"no committed job {name!r}; known: {', '.join(j.name for j in COMMITTED)}")
 
 
-def _recipe_class(algorithm: str):
+def _recipe_class(job: JobSpec):
+    """NVFlare's PyTorch FedAvg (or FedProx) recipe, its controller swapped for fedseg's consortium one.
+
+    FedOpt uses the same recipe with NVFlare's ModelController-based FedOpt controller (instead of
+    ``FedOptRecipe``'s ScatterAndGather), so that every algorithm shares the round deadlines, lost-site
+    handling and resume of :mod:`fedseg.flare.controller`.
+    """
     from nvflare.app_opt.pt.recipes import FedAvgRecipe, FedProxRecipe
 
-    from fedseg.flare.controller import ConsortiumFedAvg
+    from fedseg.flare.controller import ConsortiumFedAvg, ConsortiumFedOpt
 
-    base = FedProxRecipe if algorithm == "fedprox" else FedAvgRecipe
+    base = FedProxRecipe if job.algorithm == "fedprox" else FedAvgRecipe
+    deadlines = job.deadlines
+
+    def controller_class(**common):
+        if job.algorithm != "fedopt":
+            return ConsortiumFedAvg(**common)
+        return ConsortiumFedOpt(
+            source_model=TaskNetwork(job.task, job.variant),
+            optimizer_args={"path": "torch.optim.SGD", "args": {"lr": job.server_lr, "momentum": job.server_momentum}},
+            **common)
 
     class ConsortiumFedAvgRecipe(base):
-        """NVFlare's PyTorch FedAvg (or FedProx) recipe with the controller swapped for :class:`ConsortiumFedAvg`."""
-
         def __init__(self, *args, start_round: int = 0, **kwargs):
             self.start_round = start_round
             super().__init__(*args, **kwargs)
 
         def _create_controller(self, persistor_id, model_params, model_aggregator):
-            return ConsortiumFedAvg(
+            return controller_class(
                 min_clients=self.min_clients,
+                round_timeout=deadlines.round,
+                straggler_grace=deadlines.grace,
                 num_rounds=self.num_rounds,
                 start_round=self.start_round,
                 persistor_id=persistor_id,
@@ -164,25 +215,6 @@ def _recipe_class(algorithm: str):
     return ConsortiumFedAvgRecipe
 
 
-def _fedopt_recipe(job: JobSpec, model: dict, client_script: str):
-    """NVFlare's FedOpt recipe, its best-model selection pointed at fedseg's validation Dice."""
-    from nvflare.app_opt.pt.recipes import FedOptRecipe
-    from nvflare.job_config.script_runner import FrameworkType
-
-    recipe = FedOptRecipe(
-        name=job.name, model=model, min_clients=job.min_clients, num_rounds=job.num_rounds,
-        train_script=client_script, train_args=job.train_args,
-        optimizer_args={"path": "torch.optim.SGD", "args": {"lr": job.server_lr, "momentum": job.server_momentum}},
-    )
-    # The recipe offers no key_metric argument; its selector defaults to "accuracy".
-    recipe._job._deploy_map["server"].app_config.components["model_selector"].key_metric = KEY_METRIC
-    # NVFlare 2.9's FedOptRecipe declares neither its framework nor its persistor's id, both of which
-    # add_cross_site_evaluation needs; they are PyTorch and "persistor" (set in its constructor).
-    recipe.framework = FrameworkType.PYTORCH
-    recipe._job.comp_ids.setdefault("persistor_id", "persistor")
-    return recipe
-
-
 def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     """The NVFlare recipe for ``job`` (FedAvg with best-model selection and cross-site evaluation).
 
@@ -191,30 +223,32 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     from nvflare.apis.job_def import JobMetaKey
     from nvflare.app_common.filters import ExcludeVars, PercentilePrivacy
     from nvflare.client.config import TransferType
-    from nvflare.recipe import add_cross_site_evaluation, add_experiment_tracking, set_recipe_meta
+    from nvflare.recipe import add_experiment_tracking, set_recipe_meta
 
     from fedseg.flare.guard import UpdateGuard
+    from fedseg.flare.liveness import LIVENESS_ID, SiteHeartbeat, SiteLiveness
 
     model = {"class_path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
-    if job.algorithm == "fedopt":
-        recipe = _fedopt_recipe(job, model, client_script)
-    else:
-        recipe = _recipe_class(job.algorithm)(
-            **({"fedprox_mu": job.fedprox_mu} if job.algorithm == "fedprox" else {}),
-            name=job.name,
-            model=model,
-            initial_ckpt=job.initial_model,
-            start_round=job.start_round,
-            min_clients=job.min_clients,
-            num_rounds=job.num_rounds,
-            train_script=client_script,
-            train_args=job.train_args,
-            key_metric=KEY_METRIC,
-            key_metric_mode="max",
-            # Percentile privacy acts on weight differences, which the Client API then computes for us.
-            params_transfer_type=TransferType.DIFF if job.privacy == "percentile" else TransferType.FULL,
-        )
-    add_cross_site_evaluation(recipe)
+    recipe = _recipe_class(job)(
+        **({"fedprox_mu": job.fedprox_mu} if job.algorithm == "fedprox" else {}),
+        name=job.name,
+        model=model,
+        initial_ckpt=job.initial_model,
+        start_round=job.start_round,
+        min_clients=job.min_clients,
+        num_rounds=job.num_rounds,
+        train_script=client_script,
+        train_args=job.train_args,
+        key_metric=KEY_METRIC,
+        key_metric_mode="max",
+        # FedOpt's server optimizer and percentile privacy act on weight differences, which the Client
+        # API then computes for us.
+        params_transfer_type=TransferType.DIFF if job.algorithm == "fedopt" or job.privacy == "percentile"
+        else TransferType.FULL,
+    )
+    _add_cross_site_evaluation(recipe, job.deadlines)
+    recipe._job.to_server(SiteLiveness(heartbeat_timeout=job.deadlines.heartbeat), id=LIVENESS_ID)
+    recipe._job.to_clients(SiteHeartbeat(interval=HEARTBEAT_INTERVAL_S), id="fedseg_heartbeat")
     # Sites stream loss, learning rate and per-class Dice; the server writes TensorBoard event files.
     add_experiment_tracking(recipe, "tensorboard")
     set_recipe_meta(recipe, JobMetaKey.RESOURCE_SPEC, job.resource_spec)
@@ -231,6 +265,24 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     # public handle for this FedJob setting.
     recipe._job.set_app_packages(["fedseg"])
     return recipe
+
+
+def _add_cross_site_evaluation(recipe, deadlines: Deadlines) -> None:
+    """NVFlare's cross-site evaluation with fedseg's bounded, lost-site-aware controller in its place."""
+    from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
+    from nvflare.recipe import add_cross_site_evaluation
+
+    from fedseg.flare.cross_site import ConsortiumCrossSiteEval
+
+    # One model's validation at one site takes less than a training round.
+    add_cross_site_evaluation(recipe, submit_model_timeout=deadlines.round, validation_timeout=deadlines.round)
+    # The recipe API offers no way to choose the controller class: swap it in the job's server app.
+    for workflow in recipe._job._deploy_map["server"].app_config.workflows:
+        stock = workflow.controller
+        if type(stock) is CrossSiteModelEval:
+            workflow.controller = ConsortiumCrossSiteEval(
+                model_locator_id=stock._model_locator_id, submit_model_timeout=deadlines.round,
+                validation_timeout=deadlines.round, wait_for_clients_timeout=deadlines.heartbeat)
 
 
 def export_job(job: JobSpec, out_root: Path, client_script: Path = CLIENT_SCRIPT, *, bundle_code: bool = False) -> Path:

@@ -29,6 +29,7 @@ class Report:
     rounds: list[dict]
     best_round: int | None
     comparison: dict[str, dict[str, SiteScore]] = field(default_factory=dict)
+    federation: dict | None = None  # fedseg_federation.json: who took part in each round, how the job ended
 
     @property
     def sites(self) -> list[str]:
@@ -48,15 +49,46 @@ class Report:
                              _fmt(r["all"].get("val_dice")), _fmt(r["all"].get("train_loss"))])
             parts += ["## Global model per round (validation cases, scored before local training)", "",
                       *("| " + " | ".join(row) + " |" for row in rows), ""]
+        parts += self._participation()
         if self.comparison:
             parts += ["## Federated, centralized and single-site (test cases)", "",
                       render_table(self.comparison, self.class_names), ""]
         return "\n".join(parts)
 
+    def _participation(self) -> list[str]:
+        """Rounds in which a site did not contribute, late updates, skipped cross-site cells, how training ended."""
+        if not self.federation:
+            return []
+        ended = self.federation.get("ended") or {}
+        lines = ["## Participation", "", f"Training ended: {ended.get('reason', 'unknown')}"
+                 + (f" ({ended['message']})" if ended.get("message") and ended.get("reason") != "completed" else ""), ""]
+        rows = [r for r in self.federation.get("rounds", [])
+                if any(r.get(k) for k in ("missed", "withheld", "failed", "left", "cut_short"))]
+        if rows:
+            lines += ["| round | sent to | averaged | missed | withheld | failed | left | closed because |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for r in rows:
+                lines.append("| " + " | ".join([str(r["round"]), ", ".join(r["sent_to"]), ", ".join(r["delivered"]),
+                                                ", ".join(r.get("missed", [])), ", ".join(r.get("withheld", {})),
+                                                ", ".join(r.get("failed", [])), ", ".join(r.get("left", {})),
+                                                r.get("closed_because", "")]) + " |")
+            lines.append("")
+        else:
+            lines += ["Every site contributed to every round.", ""]
+        for late in self.federation.get("late_updates", []):
+            lines.append(f"- update from {late['site']} for round {late['round']} arrived during round "
+                         f"{late['arrived_in_round']}: refused")
+        cse = self.federation.get("cross_site") or {}
+        for site, why in sorted((cse.get("skipped") or {}).items()):
+            lines.append(f"- cross-site evaluation skipped {site} ({why}): its cells are missing")
+        for site in cse.get("stopped_waiting_for") or []:
+            lines.append(f"- cross-site evaluation stopped waiting for {site} (silent): some of its cells are missing")
+        return lines + [""]
+
     def to_json(self) -> dict:
         return {"job_dir": str(self.job_dir), "classes": list(self.class_names), "best_round": self.best_round,
                 "cross_site": models_to_json(self.matrix), "rounds": _finite(self.rounds),
-                "comparison": models_to_json(self.comparison)}
+                "comparison": models_to_json(self.comparison), "federation": self.federation}
 
 
 def _fmt(value) -> str:
@@ -122,7 +154,8 @@ def build_report(path: Path, compare: list[Path] | None = None) -> Report:
     results = read_job_results(path)
     names = _class_names(results, Path(path).resolve())
     matrix = {_model_label(m, results.best_round): results.scores(m, names) for m in results.model_names()}
-    report = Report(results.job_dir, names, matrix, _rounds(results), results.best_round)
+    report = Report(results.job_dir, names, matrix, _rounds(results), results.best_round,
+                    federation=results.federation)
     fed = {"federated, final": matrix.get("final global", {})}
     if BEST_MODEL in results.model_names():
         fed["federated, best"] = matrix[_model_label(BEST_MODEL, results.best_round)]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedseg.errors import FedsegError
+from fedseg.flare.federation_record import COMPLETED, RECORD_FILE
 from fedseg.results import SiteScore, with_pooled
 
 FINAL_MODEL = "SRV_FL_global_model.pt"
@@ -21,10 +22,30 @@ class JobResults:
     cross_site: dict[str, dict[str, dict]]  # evaluating site -> model -> metrics
     rounds: list[dict]
     best_round: int | None
+    federation: dict | None = None  # fedseg_federation.json: per-round participation, why the job ended
 
     @property
     def sites(self) -> list[str]:
         return sorted(self.cross_site)
+
+    @property
+    def ended(self) -> dict:
+        """How training ended: ``reason`` (completed, too_few_sites, aborted), ``message``, ``sites``."""
+        return (self.federation or {}).get("ended") or {"reason": COMPLETED if self.federation is None else "unknown",
+                                                        "message": "", "sites": []}
+
+    @property
+    def finished(self) -> bool:
+        return self.ended.get("reason") == COMPLETED
+
+    def participation(self) -> dict[str, dict[str, list[int]]]:
+        """Per site, the rounds it missed, withheld, failed or left in (from the federation record)."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for entry in (self.federation or {}).get("rounds", []):
+            for what in ("missed", "withheld", "failed", "left"):
+                for site in entry.get(what, []):
+                    out.setdefault(site, {}).setdefault(what, []).append(entry["round"])
+        return out
 
     def model_names(self) -> list[str]:
         names: list[str] = []
@@ -83,4 +104,6 @@ def read_job_results(path: Path) -> JobResults:
     summary = job_dir / "metrics" / "metrics_summary.json"
     if summary.is_file():
         best = json.loads(summary.read_text()).get("best_round")
-    return JobResults(job_dir, cross, rounds, best)
+    record = next(iter(sorted(job_dir.glob(f"app_*/{RECORD_FILE}"))), None)
+    federation = json.loads(record.read_text()) if record else None
+    return JobResults(job_dir, cross, rounds, best, federation)

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,8 +20,9 @@ from fedseg.data.msd import read_dataset_info
 from fedseg.data.split import split_dataset
 from fedseg.data.synth import synthesize
 from fedseg.errors import FedsegError
-from fedseg.flare.jobs import JobSpec, export_job, resumed
+from fedseg.flare.jobs import DEADLINES, JobSpec, export_job, resumed
 from fedseg.flare.results import BEST_MODEL, FINAL_MODEL, JobResults, read_job_results
+from fedseg.procs import run_bounded
 from fedseg.results import SiteScore, models_to_json, render_table, write_json
 from fedseg.site_config import ENV_DIR, write_site_config
 
@@ -71,39 +71,56 @@ def nvflare_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "nvflare.cli"]
 
 
+def job_bounds(job_dir: Path) -> tuple[float, float]:
+    """How long a job may print nothing, and run in all, before the simulator is stopped (seconds).
+
+    From the job's own round deadline: a live job logs at least once per round and per cross-site
+    validation, each bounded by that deadline; start-up and shutdown add a few minutes.
+    """
+    config = json.loads((Path(job_dir) / "app" / "config" / "config_fed_server.json").read_text())
+    args = next((w.get("args", {}) for w in config.get("workflows", []) if "round_timeout" in w.get("args", {})), {})
+    round_timeout = float(args.get("round_timeout", DEADLINES["full"].round))
+    rounds = int(args.get("num_rounds", 1))
+    return round_timeout + 180, (rounds + 3) * round_timeout + 600
+
+
 def run_simulator(job_dir: Path, workspace: Path, n_sites: int, *, site_config_dir: Path | None,
                   log_path: Path) -> float:
-    """Run ``nvflare simulator JOB -w WS -n N -t N``; return its wall time. Output goes to ``log_path``."""
+    """Run ``nvflare simulator JOB -w WS -n N -t N``; return its wall time. Output goes to ``log_path``.
+
+    The simulator runs in a session of its own and is stopped (with every worker it started) when it
+    outlives the bounds of :func:`job_bounds`. Raises :class:`FedsegError` when it was stopped, or when
+    it failed without leaving cross-site results.
+    """
     if Path(workspace).exists():
         shutil.rmtree(workspace)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if site_config_dir is not None:
         env[ENV_DIR] = str(Path(site_config_dir).resolve())
     cmd = nvflare_command() + ["simulator", str(job_dir), "-w", str(workspace), "-n", str(n_sites), "-t", str(n_sites)]
+    idle, total = job_bounds(job_dir)
     log.info("running: %s", " ".join(cmd))
-    start = time.perf_counter()
-    with open(log_path, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        for line in proc.stdout:
-            fh.write(line)
-            if _worth_showing(line):
-                print(line.rstrip(), flush=True)
-        code = proc.wait()
-    elapsed = time.perf_counter() - start
-    if code != 0:
-        raise FedsegError(f"nvflare simulator exited with code {code}; see {log_path}")
-    return elapsed
+    done = run_bounded(cmd, env=env, log_path=log_path, idle_timeout=idle, total_timeout=total, show=_worth_showing)
+    if done.stopped_because:
+        raise FedsegError(f"nvflare simulator stopped by fedseg: {done.stopped_because}; see {log_path}")
+    if done.returncode != 0:
+        if not list(Path(workspace).glob("server/*/cross_site_val/cross_val_results.json")):
+            raise FedsegError(f"nvflare simulator exited with code {done.returncode}; see {log_path}")
+        log.warning("nvflare simulator exited with code %s after the job wrote its results; see %s",
+                    done.returncode, log_path)
+    return done.seconds
 
 
 def _worth_showing(line: str) -> bool:
-    """Keep the demo's console readable: fedseg's own progress, round starts and errors."""
-    return "fedseg " in line or ("Round " in line and "started" in line) or " ERROR " in line or "Traceback" in line
+    """Keep the demo's console readable: fedseg's own progress and warnings, round starts and errors."""
+    return ("fedseg " in line or "fedseg:" in line or ("Round " in line and "started" in line) or " ERROR " in line
+            or "Traceback" in line)
 
 
 def failed_sites(results: JobResults, n_sites: int) -> list[str]:
-    """Sites that missed a training round or cross-site evaluation (a crashed or disconnected site)."""
+    """Sites that missed, withheld or failed a training round, left, or were absent from cross-site evaluation."""
     expected = {f"site-{k}" for k in range(1, n_sites + 1)}
-    failed = expected - set(results.sites)
+    failed = (expected - set(results.sites)) | set(results.participation()) | set(results.ended.get("sites", []))
     for r in results.rounds:
         failed |= expected - {s["name"] for s in r.get("sites", [])}
     return sorted(failed)
@@ -113,7 +130,8 @@ def summarize(workspace: Path, class_names: tuple[str, ...]) -> tuple[JobResults
     """The final and best global models' test scores; sites that failed are simply absent."""
     results = read_job_results(workspace)
     if not results.sites:
-        raise FedsegError(f"{results.job_dir}: no site reported cross-site evaluation results")
+        raise FedsegError(f"{results.job_dir}: no site reported cross-site evaluation results"
+                          + (f" ({results.ended['message']})" if results.ended.get("message") else ""))
     models = {"final": results.scores(FINAL_MODEL, class_names)}
     # NVFlare selects no best model in a 1-round job (round 0 is never a candidate).
     if BEST_MODEL in results.model_names():
@@ -153,7 +171,9 @@ def record_results(run_dir: Path, job: JobSpec, n_sites: int, class_names, resul
         "sites": n_sites, "rounds": job.num_rounds, "start_round": job.start_round, "local_epochs": job.local_epochs,
         "classes": list(class_names), "best_round": results.best_round,
         "best_round_meaning": "round whose incoming global model scored the best mean validation Dice",
-        "models": models_to_json(models), "failed_sites": failed, **extra,
+        "models": models_to_json(models), "failed_sites": failed, "ended": results.ended,
+        "participation": results.participation(),
+        "cross_site": (results.federation or {}).get("cross_site"), **extra,
         **({"click_curve": curve} if (curve := {"final": results.click_curve(FINAL_MODEL)})["final"] else {}),
     })
     from fedseg.flare.report import write_report

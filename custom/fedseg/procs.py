@@ -1,0 +1,137 @@
+"""Child processes with bounded waits, stopped by what this run recorded and nothing else.
+
+Every process fedseg starts for a local run (the NVFlare simulator, a POC system) gets a session
+of its own, and every descendant seen while it runs is recorded (NVFlare starts its workers and
+job processes in sessions of their own, and they outlive a killed parent as orphans). Only those
+recorded processes are ever stopped, so a run can never stop another run's processes: nothing is
+found by matching command lines or names.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Finished:
+    """How a bounded child process ended."""
+
+    returncode: int | None  # None: it was stopped by fedseg, see ``stopped_because``
+    seconds: float
+    stopped_because: str | None = None
+
+
+class ProcessTree:
+    """Every process descended from ``root`` that was seen by :meth:`observe`, to stop them all later."""
+
+    def __init__(self, root: int):
+        import psutil
+
+        self._psutil = psutil
+        self.root = root
+        self.seen: dict[int, "psutil.Process"] = {}
+        self.observe()
+
+    def observe(self) -> None:
+        try:
+            root = self._psutil.Process(self.root)
+            for proc in [root, *root.children(recursive=True)]:
+                self.seen.setdefault(proc.pid, proc)
+        except self._psutil.Error:
+            pass
+
+    def alive(self) -> list:
+        # psutil compares each process's start time, so a reused pid is never mistaken for ours.
+        return [p for p in self.seen.values() if p.is_running() and p.status() != self._psutil.STATUS_ZOMBIE]
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every recorded process still running, then SIGKILL those left after ``grace`` seconds."""
+        self.observe()
+        procs = self.alive()
+        for proc in procs:
+            try:
+                proc.terminate()
+            except self._psutil.Error:
+                pass
+        _, left = self._psutil.wait_procs(procs, timeout=grace)
+        for proc in left:
+            try:
+                proc.kill()
+            except self._psutil.Error:
+                pass
+        self._psutil.wait_procs(left, timeout=5)
+
+
+def stop_group(pgid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group this run started, then SIGKILL whatever is left after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def run_bounded(cmd: list[str], *, env: dict[str, str], log_path: Path, idle_timeout: float, total_timeout: float,
+                show: Callable[[str], bool] = lambda line: False, on_start: Callable[[int], None] | None = None,
+                cwd: Path | None = None) -> Finished:
+    """Run ``cmd`` in its own session, copying its output to ``log_path`` (and the lines ``show`` picks to stdout).
+
+    The run is stopped (and ``stopped_because`` says why) when it prints nothing for ``idle_timeout``
+    seconds or runs longer than ``total_timeout``. Whatever the outcome, every process left in its
+    group is stopped before returning: a child that outlives the command never outlives the run.
+    """
+    start = time.monotonic()
+    lines: queue.Queue = queue.Queue()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                start_new_session=True, cwd=cwd)
+        if on_start is not None:
+            on_start(proc.pid)
+        tree = ProcessTree(proc.pid)
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True)
+        reader.start()
+        stopped, last_output = None, time.monotonic()
+        last_observed = last_output
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=1.0)
+                except queue.Empty:
+                    line = ""
+                if line is None:
+                    break
+                now = time.monotonic()
+                if now - last_observed >= 1.0:
+                    tree.observe()
+                    last_observed = now
+                if line:
+                    last_output = now
+                    log.write(line)
+                    log.flush()
+                    if show(line):
+                        print(line.rstrip(), flush=True)
+                if now - last_output > idle_timeout:
+                    stopped = f"no output for {idle_timeout:.0f} s"
+                elif now - start > total_timeout:
+                    stopped = f"still running after {total_timeout:.0f} s"
+                if stopped:
+                    break
+        finally:
+            tree.stop()  # also after a normal exit: no orphaned worker survives the run
+        code = proc.wait()
+    return Finished(None if stopped else code, time.monotonic() - start, stopped)
