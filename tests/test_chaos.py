@@ -8,6 +8,7 @@ here only how the run ended is asserted: that it ended, with which models and wh
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -68,6 +69,12 @@ def test_a_site_killed_during_cross_site_evaluation_is_not_waited_for(data, tmp_
     assert "site-1" in outcome.matrix_sites
 
 
+def _rounds_trained(run_dir, site: str) -> set[int]:
+    """Rounds whose update ``site`` finished and sent, from its own log lines in the simulator log."""
+    log = run_dir / "simulator.log"
+    return {int(m.group(1)) for m in re.finditer(rf"fedseg {site} round (\d+): global model val_dice", log.read_text())}
+
+
 @pytest.mark.parametrize("fault", ["stop_resume", "network_cut"])
 def test_a_site_that_comes_back_is_sent_the_next_round_and_its_late_update_is_refused(data, tmp_path, fault):
     outcome = _run(fault, data, tmp_path)
@@ -76,7 +83,12 @@ def test_a_site_that_comes_back_is_sent_the_next_round_and_its_late_update_is_re
     lost = sorted(set(site2.get("missed", []) + site2.get("withheld", []) + site2.get("failed", [])))
     assert lost, site2
     assert any(r > lost[-1] for r in site2["delivered"]), f"site-2 never rejoined: {site2}"
-    # An update for a closed round is never averaged into a later one.
+    # An update for a closed round is never averaged into a later one: every round the server counts
+    # site-2 in is a round site-2 trained for.
+    trained = _rounds_trained(tmp_path / fault, "site-2")
+    assert set(site2["delivered"]) <= trained, (site2, trained)
+    if fault == "stop_resume":  # the stopped site did finish its round-2 update, late: it was not used
+        assert lost[0] in trained and lost[0] not in site2["delivered"]
     for late in outcome.late_updates:
         assert late["site"] == "site-2" and late["round"] != late["arrived_in_round"]
     assert sorted(outcome.matrix_sites) == ["site-1", "site-2"]

@@ -30,23 +30,44 @@ class Finished:
 
 
 class ProcessTree:
-    """Every process descended from ``root`` that was seen by :meth:`observe`, to stop them all later."""
+    """Every process descended from ``root`` that was seen by :meth:`observe`, to stop them all later.
 
-    def __init__(self, root: int):
+    With ``session``, ``root`` started a session of its own (``start_new_session=True``) and may
+    exit while what it launched lives on, re-parented: then every process of that session, and its
+    descendants, belong to the tree.
+    """
+
+    def __init__(self, root: int, *, session: bool = False):
         import psutil
 
         self._psutil = psutil
-        self.root = root
+        self.root, self.session = root, session
         self.seen: dict[int, "psutil.Process"] = {}
         self.observe()
 
+    def _roots(self) -> list:
+        if not self.session:
+            return [self._psutil.Process(self.root)]
+        roots = []
+        for proc in self._psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == self.root:
+                    roots.append(proc)
+            except OSError:
+                continue
+        return roots
+
     def observe(self) -> None:
         try:
-            root = self._psutil.Process(self.root)
-            for proc in [root, *root.children(recursive=True)]:
-                self.seen.setdefault(proc.pid, proc)
+            roots = self._roots()
         except self._psutil.Error:
-            pass
+            return
+        for root in roots:
+            try:
+                for proc in [root, *root.children(recursive=True)]:
+                    self.seen.setdefault(proc.pid, proc)
+            except self._psutil.Error:
+                continue
 
     def alive(self) -> list:
         # psutil compares each process's start time, so a reused pid is never mistaken for ours.

@@ -202,13 +202,15 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             last_weights = result.weights
             save_model(local_model, result.weights, spec, round=model.current_round)
-            metrics = {**val.as_metrics("val"), "train_loss": result.final_loss, "learning_rate": result.learning_rate}
+            # Only finite numbers travel: a site without validation cases sends no val_dice at all (the
+            # server then leaves it out of best-model selection, and says so), not a NaN.
+            metrics = {k: v for k, v in {**val.as_metrics("val"), "train_loss": result.final_loss,
+                                         "learning_rate": result.learning_rate}.items() if math.isfinite(v)}
             with history.open("a") as fh:  # stays at the site
                 fh.write(json.dumps({"round": model.current_round, "seconds": round(time.perf_counter() - start, 2),
                                      "global_weights_norm": weights_norm(model.params), **metrics}) + "\n")
             for key, value in metrics.items():
-                if math.isfinite(value):
-                    tracker.add_scalar(key, value, global_step=model.current_round)
+                tracker.add_scalar(key, value, global_step=model.current_round)
             log.info("fedseg %s round %s: global model val_dice %.4f; trained %d iteration(s), loss %.4f",
                      site, model.current_round, val.mean, result.iterations, result.final_loss)
             flare.send(flare.FLModel(params=result.weights, metrics=metrics,

@@ -14,7 +14,9 @@ Stock NVFlare behaviour that does not suit a consortium, and what fedseg does in
 * A failed site's error aborted the job. Here a site that fails, withholds its update, misses the
   round or leaves is left out of that round's average and named in the server log and in
   ``fedseg_federation.json``; a silent site is not sent the next round until it beats again.
-  An update that arrives after its round closed is refused, never averaged into a later round.
+  An update that arrives after its round closed is never averaged into a later round: NVFlare's
+  clients ask whether their task still stands before sending and drop the result if not; one
+  that arrives anyway is refused here and recorded.
 * Below ``min_clients`` usable updates (or live sites at a round's start) the job does not panic:
   training stops cleanly with the last global model saved, cross-site evaluation runs on the
   sites that are left, and the reason, naming the sites, is logged and recorded.
@@ -37,6 +39,7 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 
 from fedseg.flare.federation_record import ABORTED, COMPLETED, RECORD_FILE, TOO_FEW_SITES, FederationRecord
 from fedseg.flare.guard import WITHHELD
+from fedseg.flare.jobs import KEY_METRIC
 from fedseg.flare.liveness import LIVENESS_ID, SiteLiveness
 
 # Meta key a site sets on its last result when it takes no further part (its reason is under WITHHELD).
@@ -65,6 +68,7 @@ class _Round:
     min_reached: float | None = None
     closed_because: str | None = None
     unreachable: bool = False  # closed early because the minimum could no longer be reached
+    unscored: list[str] = field(default_factory=list)  # delivered without validation Dice
 
 
 class ConsortiumRounds:
@@ -83,6 +87,7 @@ class ConsortiumRounds:
         self.straggler_grace = straggler_grace
         self._round: _Round | None = None
         self._left: dict[str, str] = {}
+        self._unscored_sites: set[str] = set()
         self._record: FederationRecord | None = None
         self._liveness: SiteLiveness | None = None
 
@@ -165,6 +170,12 @@ class ConsortiumRounds:
         accepted = super()._aggregate_one_result(result)
         if accepted and self._round is not None:
             self._round.delivered.append(site)
+            if KEY_METRIC not in (result.metrics or {}):
+                self._round.unscored.append(site)
+                if site not in self._unscored_sites:
+                    self._unscored_sites.add(site)
+                    self.warning(f"fedseg: {site} reports no {KEY_METRIC} (no validation cases: a training-only "
+                                 f"site); best-model selection uses the other sites' validation cases")
         return accepted
 
     def process_result_of_unknown_task(self, client: Client, task_name: str, client_task_id: str, result: Shareable,
@@ -227,6 +238,7 @@ class ConsortiumRounds:
         self._record.add_round({
             "round": r.number, "sent_to": r.targets, "delivered": sorted(r.delivered), "withheld": r.withheld,
             "failed": failed, "missed": missed, "cut_short": cut_short, "left": r.left,
+            "not_in_best_model_selection": sorted(r.unscored),
             "closed_because": r.closed_because or "all answered", "seconds": round(time.monotonic() - r.start, 1),
         })
         if missed:

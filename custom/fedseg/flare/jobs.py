@@ -49,6 +49,12 @@ class Deadlines:
 DEADLINES = {"tiny": Deadlines(round=900, grace=120, heartbeat=60),
              "full": Deadlines(round=4 * 3600, grace=1800, heartbeat=120)}
 
+# NVFlare's fixed waits, paid every round: how long a site waits before asking for its next task
+# (the server's task_request_interval, 2 s by default) and how often the controller looks at its
+# standing task (task_check_period, 0.5 s). Tiny rounds last seconds, so these dominate them; a
+# card-sized round lasts minutes and a large consortium should not poll the server 5 times a second.
+POLLING = {"tiny": (0.2, 0.1), "full": (1.0, 0.5)}
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -194,6 +200,7 @@ def _recipe_class(job: JobSpec):
         def _create_controller(self, persistor_id, model_params, model_aggregator):
             return controller_class(
                 min_clients=self.min_clients,
+                task_check_period=POLLING[job.variant][1],
                 round_timeout=deadlines.round,
                 straggler_grace=deadlines.grace,
                 num_rounds=self.num_rounds,
@@ -247,6 +254,7 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
         else TransferType.FULL,
     )
     _add_cross_site_evaluation(recipe, job.deadlines)
+    recipe.add_server_config({"server": {"task_request_interval": POLLING[job.variant][0]}})
     recipe._job.to_server(SiteLiveness(heartbeat_timeout=job.deadlines.heartbeat), id=LIVENESS_ID)
     recipe._job.to_clients(SiteHeartbeat(interval=HEARTBEAT_INTERVAL_S), id="fedseg_heartbeat")
     # Sites stream loss, learning rate and per-class Dice; the server writes TensorBoard event files.
