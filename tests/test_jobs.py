@@ -37,9 +37,11 @@ def test_jobs_name_the_task_not_the_network_nor_paths():
         assert model == {"path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
         text = json.dumps(server) + client
         assert "channels" not in text and "/work/" not in text and "/tmp/" not in text
-        # The job stays thin: only the client stub is shipped.
-        assert _files(root / "app" / "custom") == [__import__("pathlib").Path("fedseg_client.py")]
-        args = json.loads(client)["executors"][0]["executor"]["args"]["task_script_args"]
+        # The job stays thin: no code at all, the sites run the fedseg they installed.
+        assert not (root / "app" / "custom").exists()
+        executor = json.loads(client)["executors"][0]["executor"]
+        assert executor["path"] == "fedseg.flare.executor.InstalledClientExecutor"
+        args = executor["args"]["task_script_args"]
         parsed = parse_args(args.split())
         assert parsed.task == job.task and parsed.local_epochs == job.local_epochs
 
@@ -112,3 +114,42 @@ def test_deadlines_are_validated():
         JobSpec("spleen", round_timeout=0)
     with pytest.raises(ValueError, match="straggler_grace"):
         JobSpec("spleen", straggler_grace=-1)
+
+
+def _zip_job(job_dir) -> bytes:
+    """The job folder as the admin client uploads it: a zip with directory entries."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted(job_dir.rglob("*")):
+            rel = f"{job_dir.name}/{path.relative_to(job_dir).as_posix()}"
+            if path.is_dir():
+                zf.writestr(rel + "/", b"")
+            else:
+                zf.write(path, rel)
+        zf.writestr(f"{job_dir.name}/", b"")
+    return buf.getvalue()
+
+
+def test_thin_jobs_are_not_byoc_and_bundled_ones_are(tmp_path):
+    """NVFlare's own job validator: a site needs no BYOC right to run a committed job."""
+    from nvflare.private.fed.server.job_meta_validator import JobMetaValidator
+
+    for job in COMMITTED:
+        valid, error, meta = JobMetaValidator().validate(job.name, _zip_job(REPO / "jobs" / job.name))
+        assert valid, error
+        assert not meta.get("byoc"), f"{job.name} would need the BYOC right"  # the key is absent when False
+    bundled = export_job(JobSpec("spleen", num_rounds=2), tmp_path, bundle_code=True)
+    valid, error, meta = JobMetaValidator().validate(bundled.name, _zip_job(bundled))
+    assert valid, error
+    assert meta.get("byoc") is True
+
+
+def test_the_installed_client_executor_runs_the_sites_own_fedseg():
+    import fedseg.flare.client
+    from fedseg.flare.executor import InstalledClientExecutor
+
+    executor = InstalledClientExecutor("--task spleen")
+    assert executor._build_backend_context().task_script_path == fedseg.flare.client.__file__

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO
 from fedseg.data.synth import synthesize
+from fedseg.errors import FedsegError
 from fedseg.flare.jobs import JobSpec, export_job
 from fedseg.flare.poc import PocDeployment, run_poc
 from fedseg.flare.report import write_report
@@ -44,15 +45,19 @@ def _complete(result_dir: Path) -> None:
         assert 0.0 <= per_model[FINAL_MODEL]["test_dice_spleen"] <= 1.0
 
 
-def test_committed_job_via_cli_and_a_job_via_the_flare_api(data, tmp_path):
+def test_committed_job_via_cli_and_a_job_via_the_flare_api_where_byoc_is_forbidden(data, tmp_path):
     configs = prepare_sites("spleen", data, 2, tmp_path, cases=8, seed=0)
     short = export_job(JobSpec("spleen", num_rounds=2, local_epochs=1), tmp_path / "jobs")
+    bundled = export_job(JobSpec("spleen", num_rounds=2, local_epochs=1), tmp_path / "bundled", bundle_code=True)
     with PocDeployment(tmp_path / "deployment", 2) as poc:
         poc.prepare()
+        poc.forbid_byoc()  # thin jobs need no right to run code; bundled ones are refused
         for site in SITES:
             task = load_site_config(configs / f"{site}.yaml").task_data("spleen")
             poc.place_site_config(site, {"spleen": (task.data_root, task.datalist)}, device="cpu", num_threads=1)
         poc.start()
+        with pytest.raises(FedsegError, match="(?i)byoc|custom code|not authorized"):
+            poc.submit(bundled)
         cli_job = poc.submit(REPO / "jobs" / "spleen_fedavg")
         assert poc.wait(cli_job, timeout=1200) == "FINISHED:COMPLETED"
         api_job = poc.submit_api(short)
@@ -60,8 +65,9 @@ def test_committed_job_via_cli_and_a_job_via_the_flare_api(data, tmp_path):
         downloads = [poc.download(j, tmp_path / "download") for j in (cli_job, api_job)]
         site_log = "\n".join(p.read_text() for p in poc.kit("site-1").rglob("log.txt"))
     assert poc.processes() == [], "POC processes are still running"
-    # Sites read their YAML from their own startup kit, not from the repository.
-    assert str(poc.kit("site-1") / "local" / "fedseg_site.yaml") in site_log
+    # Sites read their YAML from their own startup kit, not from the repository, and ran the installed fedseg.
+    assert "site config from the site's startup kit (local/fedseg_site.yaml)" in site_log
+    assert "fedseg.flare.executor" in site_log or "fedseg/flare/client.py" in site_log
     for result_dir in downloads:
         _complete(result_dir)
     assert len(read_job_results(downloads[0]).rounds) == 20  # the committed job, unchanged
@@ -102,3 +108,55 @@ def test_bundled_job_runs_where_fedseg_is_not_installed(data, tmp_path):
                          if "site-1" in p.parts)
     assert "/app_site-1/custom/fedseg" in site_log
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "training_loss.png").is_file()
+
+
+def test_a_killed_server_loses_at_most_one_round_and_the_job_resumes_with_its_schedule(data, tmp_path):
+    """SIGKILL the server's processes mid-job; NVFlare restarts the server but not the job; `fedseg poc --resume`."""
+    import signal
+    import threading
+    import time
+
+    from fedseg.flare.jobs import saved_round
+    from fedseg.flare.poc import ServerLost, resume_poc
+    from fedseg.tasks import get_task
+
+    job = JobSpec("spleen", num_rounds=8, local_epochs=1, heartbeat_timeout=30, straggler_grace=10,
+                  round_timeout=300)
+    killed = {}
+
+    def kill_server_in_round_3(poc, job_id):
+        def watch():
+            log = poc.kit("server") / job_id / "log.txt"
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and "Round 3 started" not in (log.read_text() if log.is_file() else ""):
+                time.sleep(0.5)
+            victims = poc.server_processes()  # recorded by this deployment, in its own server kit
+            killed["pids"] = [p.pid for p in victims if "python" in " ".join(p.cmdline())]
+            for proc in victims:
+                if proc.pid in killed["pids"]:
+                    proc.send_signal(signal.SIGKILL)
+        threading.Thread(target=watch, daemon=True).start()
+
+    run_dir = tmp_path / "run"
+    job_dir = export_job(job, tmp_path / "jobs")
+    with pytest.raises(ServerLost, match="fedseg poc --resume"):
+        run_poc(job, job_dir, n_sites=2, data_dir=data, run_dir=run_dir, cases=8, on_submitted=kill_server_in_round_3,
+                timeout=900)
+    assert killed.get("pids"), "the server was never killed"
+    lost_job = json.loads((run_dir / "run.json").read_text())["job_id"]
+    saved = run_dir / "deployment" / "poc" / "example_project" / "prod_00" / "server" / lost_job / "app_server"
+    last = saved_round(saved / "FL_global_model.pt")
+    assert last >= 2  # the kill came in round 3: at most that round's work is lost
+
+    run = resume_poc(run_dir, timeout=900)
+    assert run.status == "FINISHED:COMPLETED" and run.results.finished
+    rounds = [r["round"] for r in run.results.rounds]
+    assert rounds == list(range(last + 1, 8)), rounds
+    # The learning-rate schedule goes on where it was: the first resumed round r of 8 trains at the cosine
+    # schedule's rates between r/8 and (r+1)/8 of the run (a restarted schedule would be back near the top).
+    spec = get_task("spleen", "tiny")
+    first = run.results.rounds[0]
+    reported = {m["name"]: m["value"] for m in first["aggregated_metrics"]}["learning_rate"]
+    r = last + 1
+    assert spec.lr_at((r + 1) / 8) * 0.999 <= reported <= spec.lr_at(r / 8) * 1.001, (reported, r)
+    assert reported < 0.9 * spec.lr_at(0.0)

@@ -198,6 +198,17 @@ def cmd_jobs_export(a) -> int:
     return 0
 
 
+def cmd_jobs_allow_list(a) -> int:
+    from fedseg.flare.allow_list import allow_classes, committed_job_classes, required_classes
+
+    classes = required_classes([Path(j) for j in a.job]) if a.job else committed_job_classes()
+    if a.local_dir:
+        print(f"allowed {len(classes)} class(es) in {allow_classes(Path(a.local_dir), classes)}")
+    else:
+        print("\n".join(classes))
+    return 0
+
+
 def _deadline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-timeout", type=int, default=None, metavar="S",
                    help="every training round ends after S seconds at the latest (default: the variant's, see README)")
@@ -283,19 +294,28 @@ def cmd_report(a) -> int:
 
 def cmd_poc(a) -> int:
     from fedseg.flare.jobs import export_job, job_for
-    from fedseg.flare.poc import run_poc
+    from fedseg.flare.poc import ServerLost, resume_poc, run_poc
     from fedseg.results import render_table
 
-    job = job_for(a.task).with_overrides(
-        num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=min(2, a.sites))
-    run_dir = Path(a.run_dir or f"runs/{job.name}_poc")
-    job_dir = export_job(job, run_dir / "job", bundle_code=a.bundle_code)
-    run = run_poc(job, job_dir, n_sites=a.sites, data_dir=Path(a.data or f"data/{job.task}"), run_dir=run_dir,
-                  cases=a.cases, seed=a.seed, via=a.via)
+    job = job_for(a.task).with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs,
+                                         min_clients=a.min_clients or min(2, a.sites), **_deadline_overrides(a))
+    run_dir = Path(a.resume or a.run_dir or f"runs/{job.name}_poc")
+    try:
+        if a.resume:
+            run = resume_poc(run_dir)
+        else:
+            job_dir = export_job(job, run_dir / "job", bundle_code=a.bundle_code)
+            run = run_poc(job, job_dir, n_sites=a.sites, data_dir=Path(a.data or f"data/{job.task}"), run_dir=run_dir,
+                          cases=a.cases, seed=a.seed, via=a.via)
+    except ServerLost as lost:
+        print(f"ERROR: {lost}")
+        return 1
     print(f"\njob {run.job_id}: {run.status}; Dice on each site's test cases:")
     print(render_table(run.models, tuple(json.loads((run_dir / 'results.json').read_text())["classes"])))
     print(f"result downloaded to {run.result_dir}; report in {run_dir / 'report.md'}; wall time {run.wall_time_s:.0f} s")
-    return 0 if run.status == "FINISHED:COMPLETED" else 1
+    if not run.results.finished:
+        print(f"ERROR: training stopped before its last round: {run.results.ended.get('message')}")
+    return 0 if run.status == "FINISHED:COMPLETED" and run.results.finished else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ship the fedseg package in app/custom (sites need nvflare, torch, MONAI, not fedseg)")
     _deadline_args(p)
     p.set_defaults(func=cmd_jobs_export)
+    p = jobs.add_parser("allow-list", help="the classes a site (and the server) must allow to run fedseg's jobs "
+                                           "without granting anyone the BYOC right")
+    p.add_argument("--job", nargs="+", default=None, help="job folders (default: every job `jobs export` writes)")
+    p.add_argument("--local-dir", default=None,
+                   help="add them to DIR/resources.json (a startup kit's local/ folder, or a simulator workspace's)")
+    p.set_defaults(func=cmd_jobs_allow_list)
 
     p = sub.add_parser("simulate", help="synth + split + nvflare simulator + results table")
     p.add_argument("--job", default=None, help="a job folder (default: generated for --task)")
@@ -439,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", choices=("cli", "api"), default="cli",
                    help="submit with `nvflare job submit` or the FLARE API (Session.submit_job)")
     p.add_argument("--bundle-code", action="store_true", help="ship fedseg inside the job (BYOC)")
+    p.add_argument("--min-clients", type=int, default=None, help="the job goes on while this many sites deliver")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the job of an earlier `fedseg poc` whose server died, from its last global model")
+    _deadline_args(p)
     p.set_defaults(func=cmd_poc)
     from fedseg.ray.cli import add_tune_command
     add_tune_command(sub)

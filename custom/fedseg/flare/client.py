@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import time
 import zlib
@@ -83,9 +84,38 @@ def weights_norm(weights: Mapping) -> float:
     return math.sqrt(total)
 
 
+def private_report(cfg, name: str, text: str) -> Path:
+    """Write ``text`` (which may name files) where only the site reads it; logs get a summary instead.
+
+    Site logs can travel (NVFlare lets a job stream them to the server); this file never does: it
+    sits beside the site's derived data, outside the job's workspace.
+    """
+    path = cfg.derived_dir("reports") / f"{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return path
+
+
+def _config_source(cfg_path: Path) -> str:
+    """Where the site's YAML came from, in words that name no path (except a checkout's, loudly)."""
+    from fedseg.site_config import ENV_DIR, KIT_FILE, repository_site_configs
+
+    if os.environ.get(ENV_DIR):
+        return f"${ENV_DIR}"
+    if cfg_path.parts[-2:] == KIT_FILE.parts:
+        return f"the site's startup kit ({KIT_FILE})"
+    repo = repository_site_configs()
+    if repo is not None and cfg_path.parent == repo:
+        log.warning("fedseg: the site config comes from the source checkout fedseg is installed from, %s, not from "
+                    "the current folder, %s or a startup kit: is that the data you mean?", cfg_path, ENV_DIR)
+        return f"the source checkout ({cfg_path})"
+    return "its YAML"
+
+
 def _open_site(site: str, args: argparse.Namespace):
-    """Load the site's YAML and check its data; on failure log details here, raise a summary."""
+    """Load the site's YAML and check its data; on failure the details stay at the site, a summary is raised."""
     spec = get_task(args.task, args.variant, args.optimizer)
+    cfg = None
     try:
         cfg = load_site_config(find_site_config(site))
         if cfg.site != site:
@@ -93,15 +123,21 @@ def _open_site(site: str, args: argparse.Namespace):
         runtime = Runtime.for_site(cfg)
         data = open_site_data(spec, cfg, strict=False)
     except FedsegError as exc:
-        log.error("fedseg %s cannot start:\n%s", site, exc)
         kind = "site configuration invalid" if isinstance(exc, ConfigError) else "data unusable"
+        where = private_report(cfg, f"{spec.name}_start", str(exc)) if cfg is not None else None
+        log.error("fedseg %s cannot start: %s (%s)%s", site, kind, type(exc).__name__,
+                  f"; details in {where}" if where else f":\n{exc}")
         raise SiteFailure(f"site {site} cannot train: {kind} ({type(exc).__name__}); details in the site's own log") from None
     if data.report.fatal:
-        log.error("fedseg %s: data check failed:\n%s", site, data.report.render())
+        where = private_report(cfg, f"{spec.name}_data_check", data.report.render())
+        log.error("fedseg %s: data check failed: %s; the problems, file by file, are in %s",
+                  site, data.report.summary(), where)
         raise SiteFailure(f"site {site} cannot train: data check failed: {data.report.summary()}")
-    log.info("fedseg %s: site config %s; data check passed (%s); task %s/%s on %s", site, cfg.path,
+    cases = {split: len(data.datalist.cases(split)) for split in ("training", "validation", "test")}
+    log.info("fedseg %s: site config from %s; %s; data check passed (%s); task %s/%s on %s", site,
+             _config_source(cfg.path), ", ".join(f"{n} {k} case(s)" for k, n in cases.items()),
              data.report.summary(), spec.name, spec.variant_name, runtime.device)
-    return spec, data, runtime
+    return spec, data, runtime, cfg
 
 
 def fedprox_term(model, params, spec, runtime):
@@ -143,11 +179,13 @@ def _leave(failure: SiteFailure, *, received: bool = False) -> None:
         flare.send(flare.FLModel(metrics={"site_failed": 1.0}, meta={WITHHELD: str(failure), LEAVING: True}))
 
 
-def _check_unchanged(site: str, fingerprint) -> None:
-    """Raise :class:`SiteFailure` if the site's files changed since its check (details stay in the site's log)."""
+def _check_unchanged(site: str, fingerprint, cfg) -> None:
+    """Raise :class:`SiteFailure` if the site's files changed since its check (the file list stays at the site)."""
     report = changes(fingerprint)
     if report.fatal:
-        log.error("fedseg %s: data changed since the check, the site stops taking part:\n%s", site, report.render())
+        where = private_report(cfg, "data_changed", report.render())
+        log.error("fedseg %s: data changed since the check (%s), the site stops taking part; the files are listed "
+                  "in %s", site, report.summary(), where)
         raise SiteFailure(f"site {site} stops: its data changed since the check: {report.summary()}")
 
 
@@ -156,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     flare.init()
     site = flare.get_site_name()
     try:
-        spec, data, runtime = _open_site(site, args)
+        spec, data, runtime, cfg = _open_site(site, args)
     except SiteFailure as failure:
         _leave(failure)
         return
@@ -174,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         while flare.is_running():
             model = flare.receive()
             try:
-                _check_unchanged(site, fingerprint)
+                _check_unchanged(site, fingerprint, cfg)
             except SiteFailure as failure:
                 _leave(failure, received=True)
                 return

@@ -170,7 +170,7 @@ def committed_job(name: str) -> JobSpec:
     raise ValueError(f"no committed job {name!r}; known: {', '.join(j.name for j in COMMITTED)}")
 
 
-def _recipe_class(job: JobSpec):
+def _recipe_class(job: JobSpec, installed_client: bool):
     """NVFlare's PyTorch FedAvg (or FedProx) recipe, its controller swapped for fedseg's consortium one.
 
     FedOpt uses the same recipe with NVFlare's ModelController-based FedOpt controller (instead of
@@ -197,6 +197,13 @@ def _recipe_class(job: JobSpec):
             self.start_round = start_round
             super().__init__(*args, **kwargs)
 
+        def _create_client_runner(self, site_config):
+            if not installed_client:
+                return super()._create_client_runner(site_config)
+            from fedseg.flare.executor import InstalledClientRunner
+
+            return InstalledClientRunner(self.train_args, self.params_transfer_type)
+
         def _create_controller(self, persistor_id, model_params, model_aggregator):
             return controller_class(
                 min_clients=self.min_clients,
@@ -222,10 +229,12 @@ def _recipe_class(job: JobSpec):
     return ConsortiumFedAvgRecipe
 
 
-def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
+def build_recipe(job: JobSpec, client_script: str | None = None):
     """The NVFlare recipe for ``job`` (FedAvg with best-model selection and cross-site evaluation).
 
-    ``client_script`` is resolved against the working directory when the recipe is exported.
+    Without ``client_script`` the sites run the fedseg client they installed and the job ships no
+    code (not BYOC). A ``client_script`` is shipped in ``app/custom/`` instead; it is resolved
+    against the working directory when the recipe is exported.
     """
     from nvflare.apis.job_def import JobMetaKey
     from nvflare.app_common.filters import ExcludeVars, PercentilePrivacy
@@ -236,7 +245,7 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
     from fedseg.flare.liveness import LIVENESS_ID, SiteHeartbeat, SiteLiveness
 
     model = {"class_path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
-    recipe = _recipe_class(job)(
+    recipe = _recipe_class(job, installed_client=client_script is None)(
         **({"fedprox_mu": job.fedprox_mu} if job.algorithm == "fedprox" else {}),
         name=job.name,
         model=model,
@@ -244,7 +253,7 @@ def build_recipe(job: JobSpec, client_script: str = CLIENT_SCRIPT.name):
         start_round=job.start_round,
         min_clients=job.min_clients,
         num_rounds=job.num_rounds,
-        train_script=client_script,
+        train_script=client_script or CLIENT_SCRIPT.name,
         train_args=job.train_args,
         key_metric=KEY_METRIC,
         key_metric_mode="max",
@@ -293,23 +302,26 @@ def _add_cross_site_evaluation(recipe, deadlines: Deadlines) -> None:
                 validation_timeout=deadlines.round, wait_for_clients_timeout=deadlines.heartbeat)
 
 
-def export_job(job: JobSpec, out_root: Path, client_script: Path = CLIENT_SCRIPT, *, bundle_code: bool = False) -> Path:
+def export_job(job: JobSpec, out_root: Path, client_script: Path | None = None, *, bundle_code: bool = False) -> Path:
     """Write ``out_root/<job.name>/`` (replacing an older export) and return its path.
 
-    ``client_script`` is the entry point shipped in ``app/custom/`` (tests swap in fault injectors).
-    With ``bundle_code`` the whole fedseg package goes into ``app/custom/`` too, so that the server
-    and sites need nvflare, torch and MONAI but not fedseg (NVFlare's BYOC).
+    By default the job is thin: configuration only, the sites run the fedseg they installed, and
+    NVFlare does not treat it as BYOC. ``client_script`` ships an entry point in ``app/custom/``
+    instead (tests swap in fault injectors). ``bundle_code`` ships the whole fedseg package there
+    too, so that the server and sites need nvflare, torch and MONAI but not fedseg (NVFlare's BYOC).
     """
-    out_root, client_script = Path(out_root).resolve(), Path(client_script).resolve()
+    out_root = Path(out_root).resolve()
+    shipped = Path(client_script or CLIENT_SCRIPT).resolve() if (client_script or bundle_code) else None
     target = out_root / job.name
     if target.exists():
         shutil.rmtree(target)
     out_root.mkdir(parents=True, exist_ok=True)
-    # Export from a folder holding only the client stub: NVFlare then records the script by its bare
-    # name and copies no fedseg modules next to it, so the job stays thin and machine-independent.
+    # Export from a folder holding at most the client stub: NVFlare then records the script by its
+    # bare name and copies no fedseg modules next to it, so the job stays machine-independent.
     with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):
-        shutil.copyfile(client_script, client_script.name)
-        build_recipe(job, client_script.name).export(str(out_root))
+        if shipped is not None:
+            shutil.copyfile(shipped, shipped.name)
+        build_recipe(job, shipped.name if shipped else None).export(str(out_root))
     if bundle_code:
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, target / "app" / "custom" / "fedseg",

@@ -24,6 +24,9 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 HEARTBEAT_EVENT = "fedseg.heartbeat"
+# A site's job process may take a while to start (deployment, imports, a busy machine): until its
+# first beat it counts as silent only after this much more than the heartbeat timeout.
+STARTUP_GRACE_S = 120.0
 LIVENESS_ID = "fedseg_liveness"  # the server component's id; controllers look it up by this
 
 
@@ -92,4 +95,5 @@ class SiteLiveness(FLComponent):
         return time.monotonic() - (last if last is not None else self._started)
 
     def is_silent(self, site: str) -> bool:
-        return self.silent_for(site) > self.heartbeat_timeout
+        never_heard = self.last_seen(site) is None
+        return self.silent_for(site) > self.heartbeat_timeout + (STARTUP_GRACE_S if never_heard else 0.0)

@@ -20,6 +20,7 @@ from fedseg.data.msd import read_dataset_info
 from fedseg.data.split import split_dataset
 from fedseg.data.synth import synthesize
 from fedseg.errors import FedsegError
+from fedseg.flare.allow_list import allow_classes, required_classes
 from fedseg.flare.jobs import DEADLINES, JobSpec, export_job, resumed
 from fedseg.flare.results import BEST_MODEL, FINAL_MODEL, JobResults, read_job_results
 from fedseg.procs import run_bounded
@@ -94,6 +95,8 @@ def run_simulator(job_dir: Path, workspace: Path, n_sites: int, *, site_config_d
     """
     if Path(workspace).exists():
         shutil.rmtree(workspace)
+    # The simulator copies WORKSPACE/local into every participant: allow the classes the job names.
+    allow_classes(Path(workspace) / "local", required_classes([job_dir]))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if site_config_dir is not None:
         env[ENV_DIR] = str(Path(site_config_dir).resolve())
