@@ -40,7 +40,7 @@ class Fault:
     """What to do to which site, and when (the first simulator-log line matching ``trigger``)."""
 
     name: str
-    action: str  # none | kill | stop | cut
+    action: str  # none | kill | stop | cut | remove_data
     trigger: str = ""
     site: str = "site-2"
     hold_s: float = 0.0  # stop / cut: how long
@@ -62,6 +62,8 @@ FAULTS = {f.name: f for f in (
           description="SIGSTOP site-2 for 25 s (beyond grace and heartbeat timeout), then SIGCONT"),
     Fault("network_cut", "cut", r"fedseg site-2 round 2: training", hold_s=25.0,
           description="abort every TCP connection of site-2 for 25 s, then let it reconnect"),
+    Fault("data_removed", "remove_data", r"fedseg site-2 round 2: training",
+          description="delete one of site-2's training images mid-job (the site must notice and leave)"),
 )}
 
 # Short waits so that a scenario takes a minute or two on 2 CPU cores.
@@ -84,6 +86,7 @@ class Outcome:
     final_model: bool = False
     best_model: bool = False
     final_dice: dict = field(default_factory=dict)
+    removed_file: str | None = None
     stdout_tail: str = ""
 
 
@@ -122,9 +125,11 @@ def _abort_connections(proc) -> int:
 class Injector(threading.Thread):
     """Tails the simulator log and applies ``fault`` to its site's client once the trigger line appears."""
 
-    def __init__(self, fault: Fault, log_path: Path, workspace: Path, root_pid: int):
+    def __init__(self, fault: Fault, log_path: Path, workspace: Path, root_pid: int, data_dir: Path | None = None):
         super().__init__(daemon=True)
         self.fault, self.log_path, self.workspace, self.root_pid = fault, log_path, workspace, root_pid
+        self.data_dir = data_dir
+        self.removed: Path | None = None
         self.fault_at: float | None = None
         self.error: str | None = None
         self.done = threading.Event()
@@ -152,6 +157,12 @@ class Injector(threading.Thread):
             else:
                 self.error = "the run ended before the trigger line appeared"
                 return
+        if self.fault.action == "remove_data":  # the run's own copy of the data, never the shared one
+            datalist = json.loads((self.data_dir / "splits" / f"{self.fault.site}.json").read_text())
+            self.removed = self.data_dir / datalist["training"][0]["image"]
+            self.fault_at = time.time()
+            self.removed.unlink()
+            return
         victim = _client_process(self.root_pid, self.workspace, self.fault.site)
         if victim is None:
             self.error = f"no client process for {self.fault.site} under this run"
@@ -193,13 +204,28 @@ def detection_seconds(log_path: Path, site: str, fault_at: float) -> float | Non
     return None
 
 
+def job_args(rounds: int = 12, local_epochs: int = 1) -> list[str]:
+    """The scenario job's ``fedseg simulate`` options: JOB_ARGS with another schedule."""
+    args = list(JOB_ARGS)
+    args[args.index("--rounds") + 1], args[args.index("--local-epochs") + 1] = str(rounds), str(local_epochs)
+    return args
+
+
 def run_scenario(fault: Fault, data_dir: Path, work: Path, *, python: str = sys.executable,
-                 timeout_s: float = 900) -> Outcome:
+                 timeout_s: float = 900, args: list[str] | None = None) -> Outcome:
     """One ``fedseg simulate`` run on ``data_dir`` (2 sites) with ``fault`` applied; its end state."""
     run_dir = Path(work) / fault.name
     workspace = run_dir / "workspace"
+    if fault.action == "remove_data":  # this scenario changes the data: give it a copy of its own
+        import shutil
+
+        copy = run_dir / "data"
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("splits"))
+        data_dir = copy
     cmd = [python, "-m", "fedseg.cli", "simulate", "--task", "spleen", "--sites", "2", "--data", str(data_dir),
-           "--run-dir", str(run_dir), "--min-clients", str(fault.min_clients), *JOB_ARGS]
+           "--run-dir", str(run_dir), "--min-clients", str(fault.min_clients), *(args or JOB_ARGS)]
     from fedseg.procs import ProcessTree
 
     start = time.monotonic()
@@ -208,7 +234,7 @@ def run_scenario(fault: Fault, data_dir: Path, work: Path, *, python: str = sys.
     tree = ProcessTree(proc.pid)
     injector = None
     if fault.action != "none":
-        injector = Injector(fault, run_dir / "simulator.log", workspace, proc.pid)
+        injector = Injector(fault, run_dir / "simulator.log", workspace, proc.pid, data_dir)
         injector.start()
     try:
         out, _ = proc.communicate(timeout=timeout_s)
@@ -220,6 +246,7 @@ def run_scenario(fault: Fault, data_dir: Path, work: Path, *, python: str = sys.
     if injector is not None:
         injector.done.wait(5)
         outcome.fault_at = injector.fault_at
+        outcome.removed_file = str(injector.removed) if injector.removed else None
         if injector.error:
             outcome.stdout_tail += f"\n[chaos: injector: {injector.error}]"
         if injector.fault_at is not None:
@@ -292,20 +319,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/chaos.json")
     p.add_argument("--work", default="runs/chaos")
     p.add_argument("--only", nargs="+", choices=sorted(FAULTS), default=None)
+    p.add_argument("--cases", type=int, default=16, help="phantoms, split over 2 sites")
+    p.add_argument("--local-epochs", type=int, default=4,
+                   help="per round (the tests use 1; more makes the Dice comparison meaningful)")
     a = p.parse_args(argv)
     work = Path(a.work).resolve()
-    data = make_data(work)
+    data = make_data(work, cases=a.cases)
+    args = job_args(local_epochs=a.local_epochs)
     names = a.only or list(FAULTS)
     if "none" not in names:
         names = ["none", *names]
     outcomes = []
     for name in names:
         print(f"chaos: {name}: {FAULTS[name].description}", flush=True)
-        outcomes.append(run_scenario(FAULTS[name], data, work))
+        outcomes.append(run_scenario(FAULTS[name], data, work, args=args, timeout_s=1800))
         print(table(outcomes[-1:]).splitlines()[-1], flush=True)
     print(table(outcomes))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"job_args": JOB_ARGS, "faults": {n: asdict(FAULTS[n]) for n in names},
+    Path(a.out).write_text(json.dumps({"job_args": args, "cases": a.cases, "faults": {n: asdict(FAULTS[n]) for n in names},
                                        "outcomes": [asdict(o) for o in outcomes]}, indent=2))
     print(f"wrote {a.out}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,20 @@ def test_a_site_that_comes_back_is_sent_the_next_round_and_its_late_update_is_re
     for late in outcome.late_updates:
         assert late["site"] == "site-2" and late["round"] != late["arrived_in_round"]
     assert sorted(outcome.matrix_sites) == ["site-1", "site-2"]
+
+
+def test_a_site_whose_data_disappears_says_so_leaves_and_names_no_file(data, tmp_path):
+    outcome = _run("data_removed", data, tmp_path)
+    assert outcome.exit_code == 0 and outcome.ended["reason"] == "completed", outcome.stdout_tail
+    left = outcome.participation["site-2"]["left"]
+    assert left and max(outcome.participation["site-2"]["delivered"]) < left[0]  # never trained on after
+    reason = outcome.cross_site["skipped"]["site-2"]
+    assert "data changed since the check" in reason and "missing_file x1" in reason
+    # The file's name stays at the site: in no log line (site logs included) and nothing the server keeps.
+    name = Path(outcome.removed_file).name
+    run_dir = tmp_path / "data_removed"
+    for path in [run_dir / "simulator.log", run_dir / "results.json",
+                 *(run_dir / "workspace" / "server").rglob("*.json")]:
+        assert name not in path.read_text(errors="replace"), path
+    reports = list(run_dir.rglob("reports/data_changed.txt"))
+    assert reports and name in reports[0].read_text()  # ... but the site's own report lists it

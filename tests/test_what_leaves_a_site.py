@@ -24,6 +24,11 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 FORBIDDEN = ["PAT-00", "DOE", "JOHN", "ROE", "JANE", "19650412", "HOSPITAL_A_PACS", ".nii", "imagesTr",
              "labelsTr", "/tmp", "site_configs"]
+# Streamed logs hold NVFlare's own workspace paths; what must never be in them is the data's.
+DATA_TOKENS = ["PAT-00", "DOE_JOHN", "ROE_JANE", "19650412", "HOSPITAL_A_PACS", ".nii", "imagesTr", "labelsTr"]
+STREAMER = "nvflare.app_common.logging.job_log_streamer.JobLogStreamer"
+RECEIVER = "nvflare.app_common.logging.job_log_receiver.JobLogReceiver"
+STREAMED = ("log.txt", "log.json", "error_log.txt")
 
 
 def _hospital(tmp: Path) -> Path:
@@ -61,7 +66,16 @@ def run(tmp_path_factory):
     cfg = json.loads(client_cfg.read_text())
     cfg["task_result_filters"] = [{"tasks": ["train", "validate", "submit_model"],
                                    "filters": [{"path": "recording_filter.RecordOutgoing", "args": {}}]}]
+    # A job may ask NVFlare to stream the sites' logs to the server (allowed unless a site forbids it):
+    # this one asks for every log file, so the logs are searched too.
+    cfg["components"] += [{"id": f"log_streamer_{i}", "path": STREAMER, "args": {"log_file_name": name}}
+                          for i, name in enumerate(STREAMED)]
     client_cfg.write_text(json.dumps(cfg, indent=2))
+    server_cfg = job_dir / "app" / "config" / "config_fed_server.json"
+    scfg = json.loads(server_cfg.read_text())
+    scfg["components"].append({"id": "log_receiver", "path": RECEIVER, "args": {"dest_dir": str(tmp / "streamed")}})
+    server_cfg.write_text(json.dumps(scfg, indent=2))
+    (job_dir / "app" / "custom").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(HERE / "faults" / "recording_filter.py", job_dir / "app" / "custom" / "recording_filter.py")
     record = tmp / "record"
     record.mkdir()
@@ -97,7 +111,32 @@ def test_failed_site_is_named_at_the_server_without_file_names(run):
     assert ("fedseg: update from site-3 in round 0 excluded from the average: site site-3 cannot train: "
             "data check failed: 1 fatal problem(s)") in server_log
     assert "truncated_file x1" in server_log and bad.name not in server_log
-    # The site's own log has the details an IT person needs.
-    assert bad.name in (tmp / "ws" / "site-3" / "log.txt").read_text()
+    # The site's own log names no file; the private report beside its YAML has the details an IT
+    # person needs, and it never travels.
+    assert bad.name not in (tmp / "ws" / "site-3" / "log.txt").read_text()
+    report = tmp / "configs" / ".fedseg_cache" / "site-3" / "reports" / "spleen_data_check.txt"
+    assert bad.name in report.read_text()
     results = read_job_results(tmp / "ws")
     assert [sorted(s["name"] for s in r["sites"]) for r in results.rounds] == [["site-1", "site-2"]] * 2
+
+
+def test_streamed_site_logs_name_no_data_file_or_patient(run):
+    tmp, _, _ = run
+    received = [p for p in (tmp / "streamed").rglob("*") if p.is_file()]
+    assert {p.parent.name for p in received} >= {"site-1", "site-2"}, "the job asked for the sites' logs"
+    assert any("fedseg site-1" in p.read_text(errors="replace") for p in received)  # fedseg's own lines came too
+    for path in [*received, *(tmp / "ws" / "server").rglob("log*.txt")]:
+        text = path.read_text(errors="replace")
+        for token in DATA_TOKENS:
+            assert token not in text, f"{path.relative_to(tmp)} holds {token!r}"
+
+
+def test_the_poc_kits_fedseg_writes_forbid_log_streaming(tmp_path):
+    from fedseg.flare.poc import PocDeployment
+
+    poc = PocDeployment(tmp_path / "deployment", 2)
+    poc.prepare()
+    for site in poc.sites:
+        resources = json.loads((poc.kit(site) / "local" / "resources.json").read_text())
+        assert resources["allow_log_streaming"] is False
+        assert "fedseg.flare.controller.ConsortiumFedAvg" in resources["class_allow_list"]
