@@ -108,12 +108,23 @@ def _client_process(root_pid: int, workspace: Path, site: str):
     return None
 
 
-def _abort_connections(proc) -> int:
-    """Abort the TCP connections of ``proc`` (and only those) with ``ss -K``; return how many were found."""
+def _server_ports(proc) -> set[int]:
+    """The ports the simulator's server listens on: its client workers' parent process holds them."""
     import psutil
 
     try:
-        conns = [c for c in proc.net_connections(kind="tcp") if c.raddr]
+        parent = proc.parent()
+        return {c.laddr.port for c in parent.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    except (psutil.Error, AttributeError):
+        return set()
+
+
+def _abort_connections(proc, server_ports: set[int]) -> int:
+    """Abort ``proc``'s TCP connections to the server (and only those) with ``ss -K``; return how many."""
+    import psutil
+
+    try:
+        conns = [c for c in proc.net_connections(kind="tcp") if c.raddr and c.raddr.port in server_ports]
     except psutil.Error:
         return 0
     for c in conns:
@@ -175,9 +186,11 @@ class Injector(threading.Thread):
             time.sleep(self.fault.hold_s)
             victim.send_signal(signal.SIGCONT)
         elif self.fault.action == "cut":
+            # Only the link to the server, as a network cut would: the worker's own internal links stay.
+            ports = _server_ports(victim)
             end = time.monotonic() + self.fault.hold_s
             while time.monotonic() < end:
-                _abort_connections(victim)
+                _abort_connections(victim, ports)
                 time.sleep(0.2)
 
     def _finished(self) -> bool:

@@ -109,12 +109,14 @@ def stop_group(pgid: int, grace: float = 10.0) -> None:
 
 def run_bounded(cmd: list[str], *, env: dict[str, str], log_path: Path, idle_timeout: float, total_timeout: float,
                 show: Callable[[str], bool] = lambda line: False, on_start: Callable[[int], None] | None = None,
-                cwd: Path | None = None) -> Finished:
+                cwd: Path | None = None, done_line: str | None = None, exit_grace: float = 60.0) -> Finished:
     """Run ``cmd`` in its own session, copying its output to ``log_path`` (and the lines ``show`` picks to stdout).
 
     The run is stopped (and ``stopped_because`` says why) when it prints nothing for ``idle_timeout``
-    seconds or runs longer than ``total_timeout``. Whatever the outcome, every process left in its
-    group is stopped before returning: a child that outlives the command never outlives the run.
+    seconds, runs longer than ``total_timeout``, or has not exited ``exit_grace`` seconds after
+    printing a line containing ``done_line`` (its work is over; a hung worker must not hold the run).
+    Whatever the outcome, every process left in its tree is stopped before returning: a child that
+    outlives the command never outlives the run.
     """
     start = time.monotonic()
     lines: queue.Queue = queue.Queue()
@@ -127,7 +129,7 @@ def run_bounded(cmd: list[str], *, env: dict[str, str], log_path: Path, idle_tim
         reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True)
         reader.start()
         stopped, last_output = None, time.monotonic()
-        last_observed = last_output
+        last_observed, done_at = last_output, None
         try:
             while True:
                 try:
@@ -142,11 +144,15 @@ def run_bounded(cmd: list[str], *, env: dict[str, str], log_path: Path, idle_tim
                     last_observed = now
                 if line:
                     last_output = now
+                    if done_line and done_at is None and done_line in line:
+                        done_at = now
                     log.write(line)
                     log.flush()
                     if show(line):
                         print(line.rstrip(), flush=True)
-                if now - last_output > idle_timeout:
+                if done_at is not None and now - done_at > exit_grace:
+                    stopped = f"did not exit within {exit_grace:.0f} s after its work ended"
+                elif now - last_output > idle_timeout:
                     stopped = f"no output for {idle_timeout:.0f} s"
                 elif now - start > total_timeout:
                     stopped = f"still running after {total_timeout:.0f} s"

@@ -103,14 +103,18 @@ def run_simulator(job_dir: Path, workspace: Path, n_sites: int, *, site_config_d
     cmd = nvflare_command() + ["simulator", str(job_dir), "-w", str(workspace), "-n", str(n_sites), "-t", str(n_sites)]
     idle, total = job_bounds(job_dir)
     log.info("running: %s", " ".join(cmd))
-    done = run_bounded(cmd, env=env, log_path=log_path, idle_timeout=idle, total_timeout=total, show=_worth_showing)
-    if done.stopped_because:
+    # "End the Simulator run." is NVFlare's last word once the job is over; a hung client worker
+    # (a site cut off mid-task) can keep the simulator from exiting, so it gets a minute, not forever.
+    done = run_bounded(cmd, env=env, log_path=log_path, idle_timeout=idle, total_timeout=total, show=_worth_showing,
+                       done_line="End the Simulator run")
+    finished = bool(list(Path(workspace).glob("server/*/cross_site_val/cross_val_results.json")))
+    if done.stopped_because and not finished:
         raise FedsegError(f"nvflare simulator stopped by fedseg: {done.stopped_because}; see {log_path}")
-    if done.returncode != 0:
-        if not list(Path(workspace).glob("server/*/cross_site_val/cross_val_results.json")):
+    if done.stopped_because or done.returncode != 0:
+        if not finished:
             raise FedsegError(f"nvflare simulator exited with code {done.returncode}; see {log_path}")
-        log.warning("nvflare simulator exited with code %s after the job wrote its results; see %s",
-                    done.returncode, log_path)
+        log.warning("nvflare simulator %s after the job wrote its results; see %s",
+                    done.stopped_because or f"exited with code {done.returncode}", log_path)
     return done.seconds
 
 
@@ -160,10 +164,64 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     class_names = read_dataset_info(data_dir).foreground_labels
     results, models = summarize(workspace, class_names)
     failed = failed_sites(results, n_sites)
+    local = evaluate_where_the_data_is(job, config_dir, n_sites, results, run_dir, exclude=failed)
     wall = time.perf_counter() - start
     record_results(run_dir, job, n_sites, class_names, results, models, failed, wall_time_s=round(wall, 1),
-                   simulator_time_s=round(sim_time, 1), job_dir=str(job_dir), workspace=str(workspace))
+                   simulator_time_s=round(sim_time, 1), job_dir=str(job_dir), workspace=str(workspace),
+                   training_cases=training_cases(config_dir, job.task, n_sites), **local)
     return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results, failed)
+
+
+def training_cases(config_dir: Path, task: str, n_sites: int) -> dict[str, int]:
+    """Training cases per simulated site, from the datalists their YAMLs name."""
+    from fedseg.site_config import load_site_config
+
+    out = {}
+    for k in range(1, n_sites + 1):
+        try:
+            datalist = load_site_config(Path(config_dir) / f"site-{k}.yaml").task_data(task).datalist
+            out[f"site-{k}"] = len(json.loads(Path(datalist).read_text()).get("training", []))
+        except (FedsegError, OSError, ValueError) as exc:
+            log.warning("fedseg: training cases of site-%d unknown: %s", k, exc)
+    return out
+
+
+def evaluate_where_the_data_is(job: JobSpec, config_dir: Path, n_sites: int, results: JobResults, run_dir: Path,
+                               *, exclude: tuple[str, ...] | list[str] = (), overlays: int = 3) -> dict:
+    """Per-case Dice of the final and best global models, and overlay pictures, on every site's test cases.
+
+    This happens here, outside the federation: the simulator's machine holds every simulated site's
+    images, and nothing of it is sent anywhere (at a real site, ``fedseg evaluate`` does the same
+    with its own data). Skipped for interactive tasks (see the Dice-vs-clicks curve), for
+    ``privacy="exclude"`` (the server's model lacks the sites' own normalization layers), for
+    failed sites, and, with a warning, when anything goes wrong: the federated results stand alone.
+    """
+    from fedseg.engine import Runtime
+    from fedseg.site_config import load_site_config
+    from fedseg.site_data import open_site_data
+    from fedseg.site_eval import score_cases, write_overlays
+    from fedseg.tasks import get_task
+
+    spec = get_task(job.task, job.variant)
+    if spec.interactive or job.privacy == "exclude":
+        return {}
+    app = Path(results.job_dir) / "app_server"
+    models = {"final": app / "FL_global_model.pt"}
+    if BEST_MODEL in results.model_names() and (app / "best_FL_global_model.pt").is_file():
+        models[f"best (round {results.best_round})"] = app / "best_FL_global_model.pt"
+    try:
+        sites = [load_site_config(Path(config_dir) / f"site-{k}.yaml") for k in range(1, n_sites + 1)]
+        data = [open_site_data(spec, s) for s in sites if s.site not in exclude]
+        runtime = Runtime.create("auto")
+        per_case = score_cases(spec, models, data, runtime, seed=job.seed)
+        shown = next(reversed(models))  # the best model when there is one: the one a site would deploy
+        pictures = write_overlays(spec, models[shown], data, run_dir, runtime, model_label=f"federated {shown}",
+                                  max_cases=overlays)
+    except (FedsegError, OSError, RuntimeError, ValueError) as exc:
+        log.warning("fedseg: per-case scores and overlay pictures skipped: %s", exc)
+        return {}
+    return {"per_case_dice": per_case, "overlays": [p.name for p in pictures],
+            "per_case_source": "global models scored by the simulator on every site's test cases (not sent by sites)"}
 
 
 def record_results(run_dir: Path, job: JobSpec, n_sites: int, class_names, results: JobResults, models: dict,
