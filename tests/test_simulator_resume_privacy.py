@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from fedseg.data.synth import synthesize
-from fedseg.errors import FedsegError
 from fedseg.flare.client import weights_norm
 from fedseg.flare.jobs import JobSpec, export_job
 from fedseg.flare.simulate import resume_run, simulate
@@ -36,9 +35,9 @@ def test_a_stopped_job_restarts_from_its_last_global_model(data, tmp_path, monke
     run = tmp_path / "run"
     job = JobSpec("spleen", num_rounds=4, local_epochs=1)
     monkeypatch.setenv("FEDSEG_TEST_FAULT", "site-2:raise:2")  # both sites needed: the job stops in round 2
-    with pytest.raises(FedsegError):
-        simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8,
-                 job_dir=export_job(job, run / "job", client_script=FAULT_CLIENT))
+    stopped = simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8,
+                       job_dir=export_job(job, run / "job", client_script=FAULT_CLIENT))
+    assert not stopped.results.finished and stopped.results.ended["round"] == 2
     saved = torch.load(run / "workspace/server/simulate_job/app_server/FL_global_model.pt", weights_only=True)
     assert saved["meta_props"]["current_round"] == 1
     monkeypatch.delenv("FEDSEG_TEST_FAULT")
@@ -83,3 +82,18 @@ def test_percentile_privacy_runs_on_weight_differences(data, tmp_path):
     cfg = json.loads((tmp_path / "run/job" / job.name / "app/config/config_fed_client.json").read_text())
     assert cfg["executors"][0]["executor"]["args"].get("params_transfer_type") == "DIFF"
     assert set(result.models["final"]) == {"site-1", "site-2", "pooled"}
+
+
+def test_a_job_starts_from_a_given_model(data, tmp_path):
+    """The server's first global model is the pretrained one, as each site received it in round 0."""
+    from fedseg.checkpoint import save_model
+    from fedseg.networks import build_network
+
+    spec = get_task("spleen", "tiny")
+    torch.manual_seed(123)
+    pretrained = build_network(spec).state_dict()
+    model = save_model(tmp_path / "pretrained.pt", pretrained, spec)
+    result = simulate(JobSpec("spleen", num_rounds=1, local_epochs=1), n_sites=2, data_dir=data, run_dir=tmp_path / "run",
+                      cases=8, initial_weights=model)
+    first = _history(result.workspace, "site-1")[0]
+    assert first["round"] == 0 and math.isclose(first["global_weights_norm"], weights_norm(pretrained), rel_tol=1e-6)

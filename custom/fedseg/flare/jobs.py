@@ -85,6 +85,9 @@ class JobSpec:
     round_timeout: int | None = None
     straggler_grace: int | None = None
     heartbeat_timeout: int | None = None
+    # Where the server sends the sites' metrics: NVFlare's add_experiment_tracking receiver
+    # (tensorboard: <server job>/tb_events; mlflow: <server job result>/mlflow.db unless configured).
+    tracking: str = "tensorboard"
 
     def __post_init__(self) -> None:
         get_task(self.task, self.variant)  # refuses unknown tasks and variants early
@@ -105,6 +108,8 @@ class JobSpec:
         if self.algorithm == "fedopt" and self.privacy == "exclude":
             raise ValueError("privacy 'exclude' needs every variable in the update; FedOpt's server optimizer "
                              "would step variables that never arrive")
+        if self.tracking not in ("tensorboard", "mlflow"):
+            raise ValueError(f"unknown tracking {self.tracking!r}; choose tensorboard or mlflow")
         if self.initial_model is not None and not Path(self.initial_model).is_absolute():
             raise ValueError(f"initial_model must be an absolute path on the server, got {self.initial_model!r}")
 
@@ -120,7 +125,7 @@ class JobSpec:
     def name(self) -> str:
         suffix = "" if self.variant == "tiny" else f"_{self.variant}"
         suffix += "" if self.privacy == "none" else f"_{self.privacy}"
-        suffix += f"_from_round{self.start_round}" if self.initial_model else ""
+        suffix += f"_from_round{self.start_round}" if self.start_round else ""
         return f"{self.task}_{self.algorithm}{suffix}"
 
     @property
@@ -229,12 +234,13 @@ def _recipe_class(job: JobSpec, installed_client: bool):
     return ConsortiumFedAvgRecipe
 
 
-def build_recipe(job: JobSpec, client_script: str | None = None):
+def build_recipe(job: JobSpec, client_script: str | None = None, initial_ckpt: str | None = None):
     """The NVFlare recipe for ``job`` (FedAvg with best-model selection and cross-site evaluation).
 
     Without ``client_script`` the sites run the fedseg client they installed and the job ships no
     code (not BYOC). A ``client_script`` is shipped in ``app/custom/`` instead; it is resolved
-    against the working directory when the recipe is exported.
+    against the working directory when the recipe is exported, as is a relative ``initial_ckpt``
+    (shipped in the server app's ``custom/``; by default the job's ``initial_model`` server path).
     """
     from nvflare.apis.job_def import JobMetaKey
     from nvflare.app_common.filters import ExcludeVars, PercentilePrivacy
@@ -249,7 +255,7 @@ def build_recipe(job: JobSpec, client_script: str | None = None):
         **({"fedprox_mu": job.fedprox_mu} if job.algorithm == "fedprox" else {}),
         name=job.name,
         model=model,
-        initial_ckpt=job.initial_model,
+        initial_ckpt=initial_ckpt or job.initial_model,
         start_round=job.start_round,
         min_clients=job.min_clients,
         num_rounds=job.num_rounds,
@@ -266,8 +272,8 @@ def build_recipe(job: JobSpec, client_script: str | None = None):
     recipe.add_server_config({"server": {"task_request_interval": POLLING[job.variant][0]}})
     recipe._job.to_server(SiteLiveness(heartbeat_timeout=job.deadlines.heartbeat), id=LIVENESS_ID)
     recipe._job.to_clients(SiteHeartbeat(interval=HEARTBEAT_INTERVAL_S), id="fedseg_heartbeat")
-    # Sites stream loss, learning rate and per-class Dice; the server writes TensorBoard event files.
-    add_experiment_tracking(recipe, "tensorboard")
+    # Sites stream loss, learning rate and per-class Dice; the server writes them (TensorBoard or MLflow).
+    add_experiment_tracking(recipe, job.tracking)
     set_recipe_meta(recipe, JobMetaKey.RESOURCE_SPEC, job.resource_spec)
     recipe.add_server_input_filter(UpdateGuard(), tasks=["train"])
     if job.privacy == "exclude":
@@ -302,15 +308,28 @@ def _add_cross_site_evaluation(recipe, deadlines: Deadlines) -> None:
                 validation_timeout=deadlines.round, wait_for_clients_timeout=deadlines.heartbeat)
 
 
-def export_job(job: JobSpec, out_root: Path, client_script: Path | None = None, *, bundle_code: bool = False) -> Path:
+SHIPPED_INITIAL_MODEL = "fedseg_initial_model.pt"
+
+
+def export_job(job: JobSpec, out_root: Path, client_script: Path | None = None, *, bundle_code: bool = False,
+               initial_weights: Path | None = None) -> Path:
     """Write ``out_root/<job.name>/`` (replacing an older export) and return its path.
 
     By default the job is thin: configuration only, the sites run the fedseg they installed, and
     NVFlare does not treat it as BYOC. ``client_script`` ships an entry point in ``app/custom/``
     instead (tests swap in fault injectors). ``bundle_code`` ships the whole fedseg package there
     too, so that the server and sites need nvflare, torch and MONAI but not fedseg (NVFlare's BYOC).
+    ``initial_weights`` (a fedseg or NVFlare model file, or a MONAI bundle that fits the task) is
+    checked and shipped in the server app as the job's starting global model; anything in an app's
+    ``custom/`` folder makes NVFlare treat the job as BYOC, so a site that forbids BYOC puts the
+    file on the server instead and exports with ``initial_model`` set to its path there.
     """
     out_root = Path(out_root).resolve()
+    initial = None
+    if initial_weights is not None:
+        from fedseg.checkpoint import load_initial_model
+
+        initial = load_initial_model(Path(initial_weights), get_task(job.task, job.variant))
     shipped = Path(client_script or CLIENT_SCRIPT).resolve() if (client_script or bundle_code) else None
     target = out_root / job.name
     if target.exists():
@@ -321,7 +340,12 @@ def export_job(job: JobSpec, out_root: Path, client_script: Path | None = None, 
     with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):
         if shipped is not None:
             shutil.copyfile(shipped, shipped.name)
-        build_recipe(job, shipped.name if shipped else None).export(str(out_root))
+        if initial is not None:
+            from fedseg.checkpoint import save_nvflare_checkpoint
+
+            save_nvflare_checkpoint(Path(SHIPPED_INITIAL_MODEL), initial)
+        build_recipe(job, shipped.name if shipped else None,
+                     SHIPPED_INITIAL_MODEL if initial is not None else None).export(str(out_root))
     if bundle_code:
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, target / "app" / "custom" / "fedseg",

@@ -147,8 +147,12 @@ def summarize(workspace: Path, class_names: tuple[str, ...]) -> tuple[JobResults
 
 
 def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases: int, seed: int = 0,
-             job_dir: Path | None = None, shares: list[float] | None = None) -> SimulationResult:
-    """The whole demo: data, split, site YAMLs, job, simulator, results table and ``results.json``."""
+             job_dir: Path | None = None, shares: list[float] | None = None,
+             initial_weights: Path | None = None) -> SimulationResult:
+    """The whole demo: data, split, site YAMLs, job, simulator, results table and ``results.json``.
+
+    ``initial_weights`` (a model file or MONAI bundle that fits the task) is the starting global model.
+    """
     start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,7 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
                                                   "cases": cases, "seed": seed, "shares": shares}, indent=2))
     config_dir = prepare_sites(job.task, data_dir, n_sites, run_dir, cases=cases, seed=seed, shares=shares)
     if job_dir is None:
-        job_dir = export_job(job, run_dir / "job")
+        job_dir = export_job(job, run_dir / "job", initial_weights=initial_weights)
     workspace = run_dir / "workspace"
     sim_time = run_simulator(job_dir, workspace, n_sites, site_config_dir=config_dir,
                              log_path=run_dir / "simulator.log")
