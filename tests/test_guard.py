@@ -25,6 +25,7 @@ from fedseg.flare.guard import WITHHELD, UpdateGuard
 from fedseg.networks import NORM_LAYERS, TaskNetwork
 
 REPO = Path(__file__).resolve().parents[1]
+FAULT_CLIENT = Path(__file__).parent / "faults" / "fault_client.py"
 
 
 def _run(dxo, fl_ctx=None):
@@ -195,3 +196,27 @@ def test_committed_jobs_give_the_guard_its_reference():
         assert ids[AppConstants.DEFAULT_PERSISTOR_ID]["args"]["model"]["path"] == "fedseg.networks.TaskNetwork", config
         filters = [f["path"] for group in server["task_result_filters"] for f in group["filters"]]
         assert "fedseg.flare.guard.UpdateGuard" in filters, config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("privacy, fault", [("exclude", "extra_key"), ("none", "half"), ("percentile", None)])
+def test_guard_in_a_simulator_run(privacy, fault, tmp_path, monkeypatch):
+    # A real job: legitimate updates (full, without the normalization layers, or differences) pass
+    # the guard; site-2's ill-fitting one is refused, naming the site. (With differences the
+    # Client API itself drops unknown keys and computes in the global model's precision.)
+    from fedseg.data.synth import synthesize
+    from fedseg.flare.jobs import JobSpec, export_job
+    from fedseg.flare.simulate import simulate
+
+    data = tmp_path / "data"
+    synthesize("spleen", data, cases=8, seed=7, workers=1)
+    monkeypatch.setenv("FEDSEG_TEST_FAULT", f"site-2:{fault}:0" if fault else "none:none:0")
+    job = JobSpec("spleen", num_rounds=2, local_epochs=1, privacy=privacy, min_clients=1)
+    run = tmp_path / "run"
+    simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8,
+             job_dir=export_job(job, run / "job", client_script=FAULT_CLIENT))
+    log = (run / "simulator.log").read_text()
+    refused = re.findall(r"fedseg: update from (site-\d) in round (\d+) excluded from the average: ([^\n]*)", log)
+    expected = {("site-2", "0"), ("site-2", "1")} if fault else set()
+    assert {(site, rnd) for site, rnd, _ in refused} == expected, refused
+    assert all(("injected.weight" if fault == "extra_key" else "float16") in why for _, _, why in refused)

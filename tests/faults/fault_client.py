@@ -1,8 +1,10 @@
 """Test-only NVFlare client: fedseg's own client with one fault injected at one site.
 
 FEDSEG_TEST_FAULT="<site>:<kind>:<round>" picks the site, the fault and the first round it hits:
-  raise  the site's training raises (a crashing hospital machine);
-  nan    the site's loss turns NaN, so the engine's own non-finite check fires.
+  raise      the site's training raises (a crashing hospital machine);
+  nan        the site's loss turns NaN, so the engine's own non-finite check fires;
+  extra_key  the site's update carries a variable the global model does not have;
+  half       the site's update carries its convolution weights in fp16.
 """
 
 import os
@@ -32,6 +34,13 @@ class FaultyTrainer:
                     return self.inner.train(weights, epochs, progress, regularizer)
                 finally:
                     engine.loss_fn = real_loss
+            if KIND in ("extra_key", "half"):
+                result = self.inner.train(weights, epochs, progress, regularizer)
+                if KIND == "extra_key":
+                    result.weights["injected.weight"] = torch.zeros(3)
+                else:
+                    result.weights = {k: v.half() if v.ndim == 5 else v for k, v in result.weights.items()}
+                return result
         return self.inner.train(weights, epochs, progress, regularizer)
 
     def evaluate(self, weights, split):

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from fedseg.data.datalist import SPLITS, Case, Datalist, parse_datalist
-from fedseg.data.geometry import QFORM_SFORM_TOLERANCE_MM, check_affine, qform_sform_disagreement, resampled_extent
+from fedseg.data.geometry import (
+    QFORM_SFORM_TOLERANCE_MM, check_affine, qform_sform_disagreement, resampled_extent, resampling_block,
+)
 from fedseg.data.msd import DatasetInfo, inspect_dataset_info
 from fedseg.data.nifti_scan import (
     MAX_LABEL_VALUES, FileProblem, NiftiHeader, VolumeStats, read_header, scan_voxels,
@@ -48,6 +50,7 @@ class _Volume:
     hdr: NiftiHeader
     zooms: np.ndarray
     stats: VolumeStats
+    block: tuple[int, int, int] | None = None  # see geometry.resampling_block
 
     @property
     def shape3(self) -> tuple[int, ...]:
@@ -119,8 +122,9 @@ def _open_volume(path: Path, what: str, spec: TaskSpec, policy: CheckPolicy, rep
                    f"{what}'s qform and sform differ by up to {gap:.3g} mm; fedseg (nibabel, MONAI) uses the sform, "
                    f"tools that read the qform (ITK) will place it elsewhere", fatal=False)
     threshold = 0.0 if label else crop_threshold(spec)
-    stats = scan_voxels(hdr, what, threshold=threshold, collect_values=label)
-    return _Volume(hdr, zooms, stats)
+    block = None if label else resampling_block(hdr.affine, zooms, spec)
+    stats = scan_voxels(hdr, what, threshold=threshold, collect_values=label, block=block)
+    return _Volume(hdr, zooms, stats, block)
 
 
 def _guarded(path: Path, what: str, report: ProblemReport, fn, *args, **kwargs):
@@ -168,8 +172,8 @@ def _check_image(path: Path, volume: _Volume, spec: TaskSpec, report: ProblemRep
         return False
     for c, ch in enumerate(stats.channels):
         if ch.lo == ch.hi:
-            where = f"channel {c} of the image" if len(stats.channels) > 1 else "image"
-            report.add("constant_image", path, f"every voxel of the {where} is {ch.lo:g}: nothing to learn from")
+            where = f"channel {c} of the image" if len(stats.channels) > 1 else "the image"
+            report.add("constant_image", path, f"every voxel of {where} is {ch.lo:g}: nothing to learn from")
             return False
     lo = min(ch.lo for ch in stats.channels)
     hi = max(ch.hi for ch in stats.channels)
@@ -187,9 +191,18 @@ def _check_image(path: Path, volume: _Volume, spec: TaskSpec, report: ProblemRep
     if box is not None:
         extent = resampled_extent((box[1] - box[0] + 1).astype(float), volume.hdr.affine, volume.zooms, spec)
         if np.any(extent < MIN_RESAMPLED_VOXELS):
+            shown = " x ".join(f"{e:.2g}" for e in extent)
             report.add("too_small_after_resampling", path,
-                       f"the foreground crop (voxels above {threshold:g}) spans {' x '.join(f'{e:.2g}' for e in extent)} "
-                       f"voxels after resampling; at least {MIN_RESAMPLED_VOXELS:g} per axis are needed")
+                       f"the foreground crop (voxels above {threshold:g}) spans {shown} voxels after resampling; "
+                       f"at least {MIN_RESAMPLED_VOXELS:g} per axis are needed")
+            return False
+        if not any(ch.has_block for ch in stats.channels):
+            block = " x ".join(map(str, volume.block))
+            spacing = " x ".join(f"{s:g}" for s in spec.spacing)
+            report.add("no_foreground", path,
+                       f"no block of {block} neighbouring voxels is wholly above {threshold:g} (the foreground "
+                       f"crop's threshold): resampled to {spacing} mm, scattered bright voxels can vanish and "
+                       f"leave the crop nothing")
             return False
     p_lo, p_hi = spec.plausible_range
     if lo < p_lo - 1 or hi > p_hi + 1 or (spec.modality == "CT" and hi - lo < 200):
@@ -232,8 +245,8 @@ def _check_same_grid(case: Case, image: _Volume, label: _Volume, report: Problem
     if diff > AFFINE_TOLERANCE_MM:
         spacing = [" x ".join(f"{z:.3g}" for z in x.zooms) for x in (label, image)]
         report.add("grid_mismatch", case.label,
-                   f"label affine differs from the image's by up to {diff:.3g} mm (tolerance {AFFINE_TOLERANCE_MM} mm); "
-                   f"spacing {spacing[0]} mm vs {spacing[1]} mm")
+                   f"label affine differs from the image's by up to {diff:.3g} mm "
+                   f"(tolerance {AFFINE_TOLERANCE_MM} mm); spacing {spacing[0]} mm vs {spacing[1]} mm")
 
 
 def check_image_file(path: Path, spec: TaskSpec, policy: CheckPolicy | None = None) -> ProblemReport:

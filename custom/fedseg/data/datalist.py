@@ -74,7 +74,8 @@ def resolve_in_root(root: Path, ref: str, report: ProblemReport, where: str,
         return None
     pure = PurePosixPath(ref.replace("\\", "/"))
     if pure.is_absolute() or Path(ref).is_absolute():
-        report.add("absolute_path", where, f"path {ref!r} is absolute; datalists must use paths relative to the data root")
+        report.add("absolute_path", where,
+                   f"path {ref!r} is absolute; datalists must use paths relative to the data root")
         return None
     root = Path(os.path.abspath(root))
     resolved = Path(os.path.normpath(root / pure))
@@ -146,7 +147,8 @@ def parse_datalist(
             report.add("bad_entry", path, f"'{split}' must be a list of {{\"image\", \"label\"}} objects")
             continue
         if not entries and split in required_splits:
-            hint = " (a site without validation cases sets training_only: true in its YAML)" if split == "validation" else ""
+            hint = (" (a site without validation cases sets training_only: true in its YAML)"
+                    if split == "validation" else "")
             report.add("empty_split", path, f"'{split}' lists no cases{hint}")
         cases = []
         for i, entry in enumerate(entries):

@@ -50,7 +50,8 @@ def stat_regular(path: Path, what: str) -> os.stat_result:
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise DataError(f"{path}: {what} is a symbolic link to {os.readlink(path)!r}, which does not exist") from None
+            target = os.readlink(path)
+            raise DataError(f"{path}: {what} is a symbolic link to {target!r}, which does not exist") from None
         raise DataError(f"{path}: {what} not found") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None

@@ -37,7 +37,7 @@ def check_affine(hdr: NiftiHeader, spec: TaskSpec, what: str) -> np.ndarray:
         raise FileProblem("bad_affine", f"{what} has NaN or infinite values in its affine (sform/qform)")
     zooms = zooms_of(affine)
     low, high = spec.spacing_range
-    if np.any(zooms < low) or np.any(zooms > high):
+    if np.any(zooms < low * (1 - 1e-6)) or np.any(zooms > high * (1 + 1e-6)):  # float noise at the bounds
         raise FileProblem("bad_spacing", f"voxel spacing {_shown(zooms)} mm (from the affine) is outside the "
                                          f"plausible range for task {spec.name!r}: {low:g} to {high:g} mm per axis")
     directions = affine[:3, :3] / zooms
@@ -80,3 +80,19 @@ def resampled_extent(voxels: np.ndarray, affine: np.ndarray, zooms: np.ndarray, 
         step = target[ras] if np.isfinite(target[ras]) else zooms[axis]
         out[ras] = voxels[axis] * zooms[axis] / step
     return out
+
+
+def resampling_block(affine: np.ndarray, zooms: np.ndarray, spec: TaskSpec) -> tuple[int, int, int]:
+    """Voxels per file axis of a block that always holds a sample point of the task's grid.
+
+    Resampling samples every ``target`` mm; a run of ``ceil(target / zoom) + 1`` voxels spans
+    at least ``target`` mm between its first and last voxel centres, so a sample point falls
+    between two of them. If a whole block of that size lies above a threshold, so does the
+    (bilinearly interpolated) value at that point: something is sure to survive resampling.
+    """
+    target = target_spacing(spec)
+    block = [1, 1, 1]
+    for axis, (ras_axis, _flip) in enumerate(io_orientation(affine)):
+        step = target[int(ras_axis)]
+        block[axis] = int(np.ceil(step / zooms[axis] - 1e-9)) + 1 if np.isfinite(step) else 1
+    return block[0], block[1], block[2]

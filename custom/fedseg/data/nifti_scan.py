@@ -23,13 +23,15 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 from nibabel import imageglobals
+from scipy import ndimage
 from nibabel.spatialimages import HeaderDataError
 
 from fedseg.data.files import describe_non_regular
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # header plus extensions (DICOM tags in extensions are ~100 KB)
-CHUNK_VOXELS = 1 << 20
+CHUNK_VOXELS = 1 << 20  # voxels read at once (whole slices, at least one)
+MAX_PLANE_VOXELS = 1 << 22  # one slice: 2048 x 2048 (CT and MR slices are 512 x 512 or less)
 MAX_LABEL_VALUES = 256  # distinct label values tracked; more than that is refused anyway
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Voxel kinds the transforms load (LoadImaged reads them into float32): integers and reals.
@@ -81,6 +83,7 @@ class ChannelStats:
     n_above: int = 0
     box_lo: np.ndarray = field(default_factory=lambda: np.full(3, np.iinfo(np.int64).max))
     box_hi: np.ndarray = field(default_factory=lambda: np.full(3, -1))
+    has_block: bool = False  # a block of the requested size lies wholly above the threshold
 
 
 @dataclass
@@ -153,7 +156,8 @@ def read_header(path: Path, what: str) -> NiftiHeader:
     except FileNotFoundError:
         raise FileProblem("missing_file", f"{what} not found") from None
     except (OSError, ValueError) as exc:
-        raise FileProblem("unreadable_file", f"{what} cannot be opened ({getattr(exc, 'strerror', None) or exc})") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise FileProblem("unreadable_file", f"{what} cannot be opened ({reason})") from None
     kind = describe_non_regular(info.st_mode)
     if kind:
         raise FileProblem("not_a_file", f"{what} is {kind}, not a regular file")
@@ -164,13 +168,15 @@ def read_header(path: Path, what: str) -> NiftiHeader:
         raise FileProblem("not_nifti", f"{what} is not named .nii or .nii.gz; fedseg reads NIfTI files only")
     try:
         with open(path, "rb") as fh:
-            magic = fh.read(2)
+            start = fh.read(64)
     except OSError as exc:
         raise FileProblem("unreadable_file", f"{what} cannot be opened ({exc.strerror})") from None
     compressed = name.endswith(".gz")
-    if compressed != (magic == GZIP_MAGIC):
-        raise FileProblem("not_nifti", f"{what} is named {'.nii.gz' if compressed else '.nii'} but "
-                                       f"{'is not' if compressed else 'is'} gzip-compressed")
+    if compressed and not start.startswith(GZIP_MAGIC):
+        looks = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in start) else "binary data"
+        raise FileProblem("not_nifti", f"{what} is named .gz but holds {looks}, not gzip-compressed NIfTI")
+    if not compressed and start.startswith(GZIP_MAGIC):
+        raise FileProblem("not_nifti", f"{what} is named .nii but is gzip-compressed: name it .nii.gz")
     try:
         fh = _open(path, compressed)
         try:
@@ -180,12 +186,11 @@ def read_header(path: Path, what: str) -> NiftiHeader:
                 if len(head) < nib.Nifti1Header.sizeof_hdr:
                     raise FileProblem("truncated_file", f"{what} ends inside the NIfTI header ({len(head)} bytes)")
                 raise FileProblem("not_nifti", f"{what} is not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
-            declared = klass(head[: klass.sizeof_hdr], check=False)
-            offset = int(declared["vox_offset"])
-            if offset > MAX_HEADER_BYTES:
-                raise FileProblem("bad_header", f"{what} declares its voxels start after {offset:,} bytes of "
+            declared = float(klass(head[: klass.sizeof_hdr], check=False)["vox_offset"])
+            if not np.isfinite(declared) or declared > MAX_HEADER_BYTES:
+                raise FileProblem("bad_header", f"{what} declares its voxels start after {declared:,.0f} bytes of "
                                                 f"header extensions; at most {MAX_HEADER_BYTES:,} are read")
-            head += _read(fh, max(offset - len(head), 0))
+            head += _read(fh, max(int(declared) - len(head), 0))
         finally:
             _close(fh)
     except FileProblem:
@@ -230,18 +235,6 @@ def check_voxel_type(header: nib.Nifti1Header, what: str) -> None:
                                                f"integer or real (float32/64) voxels are needed")
 
 
-def _update_box(stats: ChannelStats, mask: np.ndarray, start: int, shape3: tuple[int, int, int]) -> None:
-    idx = np.flatnonzero(mask)
-    if idx.size == 0:
-        return
-    stats.n_above += int(idx.size)
-    yz, x = np.divmod(idx + start, shape3[0])
-    z, y = np.divmod(yz, shape3[1])
-    for axis, coord in enumerate((x, y, z)):
-        stats.box_lo[axis] = min(stats.box_lo[axis], int(coord.min()))
-        stats.box_hi[axis] = max(stats.box_hi[axis], int(coord.max()))
-
-
 def _values(chunk: np.ndarray) -> np.ndarray:
     if chunk.dtype.kind in "iu" and chunk.size:
         lo = int(chunk.min())
@@ -251,44 +244,41 @@ def _values(chunk: np.ndarray) -> np.ndarray:
     return np.unique(chunk)
 
 
-def scan_voxels(hdr: NiftiHeader, what: str, *, threshold: float | None, collect_values: bool = False) -> VolumeStats:
+def scan_voxels(hdr: NiftiHeader, what: str, *, threshold: float | None, collect_values: bool = False,
+                block: tuple[int, int, int] | None = None) -> VolumeStats:
     """Stream every voxel once and gather the statistics the checks need, in bounded memory.
 
-    ``threshold``: voxels above it count as foreground (the box the foreground crop keeps);
-    None records no box. Scaling (``scl_slope``/``scl_inter``) is applied as nibabel does.
+    Voxels are read a few slices (planes of the first two axes) at a time. ``threshold``: voxels
+    above it count as foreground (the box the foreground crop keeps); None records none.
+    ``block``: also find whether some block of that many voxels per axis lies wholly above the
+    threshold (``ChannelStats.has_block``). Scaling (``scl_slope``/``scl_inter``) is applied as
+    nibabel does.
     """
-    shape3 = tuple(hdr.shape[:3]) + (1,) * max(0, 3 - len(hdr.shape))
-    per_channel = int(np.prod(shape3, dtype=np.int64))
+    nx, ny, nz = tuple(hdr.shape[:3]) + (1,) * max(0, 3 - len(hdr.shape))
+    plane = nx * ny
+    if plane > MAX_PLANE_VOXELS:
+        raise FileProblem("too_large", f"{what} has slices of {nx} x {ny} = {plane:,} voxels; at most "
+                                       f"{MAX_PLANE_VOXELS:,} per slice are read")
     n_channels = int(np.prod(hdr.shape[3:], dtype=np.int64)) if len(hdr.shape) > 3 else 1
     stats = VolumeStats([ChannelStats() for _ in range(n_channels)], collect_values=collect_values)
-    scaled = hdr.slope != 1.0 or hdr.inter != 0.0
-    itemsize = hdr.dtype.itemsize
+    per_chunk = max(1, CHUNK_VOXELS // plane)
     try:
         fh = _open(hdr.path, hdr.compressed)
         try:
-            if hdr.compressed:
-                skipped = 0
-                while skipped < hdr.offset:
-                    step = len(_read(fh, min(hdr.offset - skipped, 1 << 20)))
-                    if not step:
-                        break
-                    skipped += step
-            else:
-                fh.seek(hdr.offset)
+            _skip(fh, hdr)
             for c in range(n_channels):
-                done = 0
-                while done < per_channel:
-                    n = min(CHUNK_VOXELS, per_channel - done)
-                    raw = _read(fh, n * itemsize)
-                    if len(raw) < n * itemsize:
-                        got = c * per_channel + done + len(raw) // itemsize
+                scan = _ChannelScan(stats, stats.channels[c], (nx, ny), threshold, block)
+                for z in range(0, nz, per_chunk):
+                    n = min(per_chunk, nz - z) * plane
+                    raw = _read(fh, n * hdr.dtype.itemsize)
+                    if len(raw) < n * hdr.dtype.itemsize:
+                        got = (c * nz + z) * plane + len(raw) // hdr.dtype.itemsize
                         raise FileProblem("truncated_file", f"{what} holds {got:,} of the {hdr.n_voxels:,} voxels "
                                                             f"its header declares: the file is truncated")
                     chunk = np.frombuffer(raw, dtype=hdr.dtype)
-                    if scaled:
+                    if hdr.slope != 1.0 or hdr.inter != 0.0:
                         chunk = chunk * hdr.slope + hdr.inter  # float64, as nibabel scales
-                    _scan_chunk(stats, stats.channels[c], chunk, done, shape3, threshold)
-                    done += n
+                    scan.add(chunk, z)
         finally:
             _close(fh)
     except FileProblem:
@@ -298,25 +288,73 @@ def scan_voxels(hdr: NiftiHeader, what: str, *, threshold: float | None, collect
     return stats
 
 
-def _scan_chunk(stats: VolumeStats, ch: ChannelStats, chunk: np.ndarray, start: int,
-                shape3: tuple[int, int, int], threshold: float | None) -> None:
-    if chunk.dtype.kind == "f":
-        finite = np.isfinite(chunk)
-        n_bad = chunk.size - int(np.count_nonzero(finite))
-        if n_bad:
-            stats.n_non_finite += n_bad
-            chunk = chunk[finite]
-            start = -1  # positions no longer map to voxels: skip the box for this chunk
-        if chunk.size and chunk.dtype.itemsize > 4:
-            stats.n_beyond_float32 += int(np.count_nonzero(np.abs(chunk) > FLOAT32_MAX))
-        if stats.collect_values and chunk.size and not stats.non_integer:
-            stats.non_integer = bool(np.any(chunk != np.round(chunk)))
-    if not chunk.size:
+def _skip(fh: BinaryIO, hdr: NiftiHeader) -> None:
+    """Move to the first voxel (a gzip stream is inflated up to it, in bounded steps)."""
+    if not hdr.compressed:
+        fh.seek(hdr.offset)
         return
-    ch.lo, ch.hi = min(ch.lo, float(chunk.min())), max(ch.hi, float(chunk.max()))
-    if threshold is not None and start >= 0:
-        _update_box(ch, chunk > threshold, start, shape3)
-    if stats.collect_values and not stats.too_many_values:
-        stats.values.update(_values(chunk).tolist())
-        if len(stats.values) > MAX_LABEL_VALUES:
-            stats.too_many_values = True
+    skipped = 0
+    while skipped < hdr.offset:
+        step = len(_read(fh, min(hdr.offset - skipped, 1 << 20)))
+        if not step:
+            break
+        skipped += step
+
+
+class _ChannelScan:
+    """Statistics of one channel, fed a few whole slices at a time."""
+
+    def __init__(self, stats: VolumeStats, ch: ChannelStats, plane: tuple[int, int], threshold: float | None,
+                 block: tuple[int, int, int] | None):
+        self.stats, self.ch, self.plane, self.threshold, self.block = stats, ch, plane, threshold, block
+        # Per in-plane position: how many consecutive slices so far hold a whole in-plane block there.
+        self.run = np.zeros(plane, np.int32) if block is not None and threshold is not None else None
+
+    def add(self, chunk: np.ndarray, z0: int) -> None:
+        stats, ch = self.stats, self.ch
+        usable = True
+        if chunk.dtype.kind == "f":
+            finite = np.isfinite(chunk)
+            n_bad = chunk.size - int(np.count_nonzero(finite))
+            if n_bad:
+                stats.n_non_finite += n_bad
+                chunk, usable = chunk[finite], False  # refused anyway: no geometry from this chunk
+            if chunk.size and chunk.dtype.itemsize > 4:
+                stats.n_beyond_float32 += int(np.count_nonzero(np.abs(chunk) > FLOAT32_MAX))
+            if stats.collect_values and chunk.size and not stats.non_integer:
+                stats.non_integer = bool(np.any(chunk != np.round(chunk)))
+        if not chunk.size:
+            return
+        ch.lo, ch.hi = min(ch.lo, float(chunk.min())), max(ch.hi, float(chunk.max()))
+        if stats.collect_values and not stats.too_many_values:
+            stats.values.update(_values(chunk).tolist())
+            if len(stats.values) > MAX_LABEL_VALUES:
+                stats.too_many_values = True
+        if self.threshold is not None and usable:
+            self._foreground(chunk.reshape(self.plane + (-1,), order="F"), z0)
+
+    def _foreground(self, slab: np.ndarray, z0: int) -> None:
+        ch = self.ch
+        mask = slab > self.threshold
+        above = int(np.count_nonzero(mask))
+        if not above:
+            if self.run is not None:
+                self.run[:] = 0
+            return
+        ch.n_above += above
+        for axis, hit in enumerate((mask.any(axis=(1, 2)), mask.any(axis=(0, 2)), mask.any(axis=(0, 1)))):
+            where = np.flatnonzero(hit) + (z0 if axis == 2 else 0)
+            ch.box_lo[axis] = min(ch.box_lo[axis], int(where[0]))
+            ch.box_hi[axis] = max(ch.box_hi[axis], int(where[-1]))
+        if self.run is not None and not ch.has_block:
+            bx, by, bz = self.block
+            for k in range(mask.shape[2]):
+                inplane = mask[:, :, k].view(np.uint8)
+                if bx > 1:
+                    inplane = ndimage.minimum_filter1d(inplane, bx, axis=0, mode="constant", cval=0)
+                if by > 1:
+                    inplane = ndimage.minimum_filter1d(inplane, by, axis=1, mode="constant", cval=0)
+                self.run = np.where(inplane > 0, self.run + 1, 0)
+                if self.run.max() >= bz:
+                    ch.has_block = True
+                    return

@@ -103,8 +103,8 @@ class Reference:
                   for k, v in sorted(update.items()) if k in self.variables and v.shape != self.variables[k].shape]
         if shapes:
             found.append(f"{len(shapes)} variable(s) of another shape: {_names(shapes)}")
-        dtypes = [f"{k} {v.dtype} (expected {self.variables[k].dtype})"
-                  for k, v in sorted(update.items()) if k in self.variables and not self._dtype_fits(v, self.variables[k])]
+        dtypes = [f"{k} {v.dtype} (expected {self.variables[k].dtype})" for k, v in sorted(update.items())
+                  if k in self.variables and not self._dtype_fits(v, self.variables[k])]
         if dtypes:
             found.append(f"{len(dtypes)} variable(s) of another type: {_names(dtypes)}")
         return found
