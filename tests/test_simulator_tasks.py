@@ -4,13 +4,16 @@ import json
 
 import pytest
 
+from pathlib import Path
+
 from fedseg.data.synth import ABDOMEN_ORGANS, synthesize
-from fedseg.flare.jobs import JobSpec
+from fedseg.flare.jobs import JobSpec, export_job
 from fedseg.flare.simulate import simulate
 
 pytestmark = pytest.mark.slow
 
 CLASSES = {"liver": ["liver", "tumour"], "prostate": ["PZ", "TZ"]}
+FAULT_CLIENT = Path(__file__).parent / "faults" / "fault_client.py"
 
 
 @pytest.mark.parametrize("task", ["liver", "prostate"])
@@ -50,12 +53,22 @@ def test_deepgrow_federated_round_reports_dice_after_n_clicks_per_organ(tmp_path
 
 
 @pytest.mark.parametrize("algorithm", ["fedprox", "fedopt"])
-def test_fedprox_and_fedopt_jobs_run_end_to_end(algorithm, tmp_path):
+def test_fedprox_and_fedopt_jobs_run_end_to_end_and_tolerate_a_failing_site_alike(algorithm, tmp_path, monkeypatch):
+    """FedOpt runs on the same fault-tolerant controller as FedAvg: a site failing mid-job is left out."""
     synthesize("spleen", tmp_path / "data", cases=8, seed=3, workers=2)
-    job = JobSpec("spleen", algorithm=algorithm, num_rounds=2, local_epochs=1)
-    result = simulate(job, n_sites=2, data_dir=tmp_path / "data", run_dir=tmp_path / "run", cases=8)
+    job = JobSpec("spleen", algorithm=algorithm, num_rounds=3, local_epochs=1, min_clients=1)
+    job_dir = None
+    if algorithm == "fedopt":
+        monkeypatch.setenv("FEDSEG_TEST_FAULT", "site-2:raise:1")
+        job_dir = export_job(job, tmp_path / "job", client_script=FAULT_CLIENT)
+    result = simulate(job, n_sites=2, data_dir=tmp_path / "data", run_dir=tmp_path / "run", cases=8, job_dir=job_dir)
     log = (tmp_path / "run" / "simulator.log").read_text()
     assert ("FedProx's proximal term, mu 0.01" in log) == (algorithm == "fedprox")
+    assert result.results.finished and result.best_round is not None  # best-model selection reads val_dice
     final = result.models["final"]
-    assert set(final) == {"site-1", "site-2", "pooled"} and final["pooled"].cases == 2
-    assert result.best_round is not None  # best-model selection reads val_dice in both workflows
+    if algorithm == "fedprox":
+        assert set(final) == {"site-1", "site-2", "pooled"} and final["pooled"].cases == 2
+    else:
+        assert "FedOpt" in log and "server model update round 2" in log  # the server optimizer stepped
+        assert result.failed_sites == ["site-2"] and 1 in result.results.participation()["site-2"]["failed"]
+        assert "fedseg: round 1: no usable update from site-2; averaging site-1" in log

@@ -192,9 +192,14 @@ def _recipe_class(job: JobSpec, installed_client: bool):
     def controller_class(**common):
         if job.algorithm != "fedopt":
             return ConsortiumFedAvg(**common)
+        # "config_type": "dict" keeps NVFlare's config builder from instantiating these at load time
+        # (FedOpt builds them itself, around the model's parameters).
         return ConsortiumFedOpt(
             source_model=TaskNetwork(job.task, job.variant),
-            optimizer_args={"path": "torch.optim.SGD", "args": {"lr": job.server_lr, "momentum": job.server_momentum}},
+            optimizer_args={"path": "torch.optim.SGD", "args": {"lr": job.server_lr, "momentum": job.server_momentum},
+                            "config_type": "dict"},
+            lr_scheduler_args={"path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                               "args": {"T_max": 3, "eta_min": 0.9}, "config_type": "dict"},  # NVFlare's default
             **common)
 
     class ConsortiumFedAvgRecipe(base):
