@@ -59,7 +59,7 @@ class SegmentationEngine:
             raise ValueError(f"task {spec.name!r} has {spec.num_classes} classes, got names {class_names}")
         self.spec, self.runtime, self.seed = spec, runtime, seed
         self.class_names = tuple(class_names or spec.labels)
-        seed_everything(seed)
+        seed_everything(seed, deterministic=runtime.deterministic)
         self.model = build_network(spec).to(runtime.device)
         self.optimizer = build_optimizer(spec, self.model.parameters())
         self.loss_fn = build_loss(spec)
