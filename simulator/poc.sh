@@ -7,4 +7,5 @@
 set -euo pipefail
 SITES=${SITES:-2}
 TASK=${TASK:-spleen}
-fedseg poc --task "$TASK" --sites "$SITES" --run-dir "runs/${TASK}_fedavg_poc" "$@"
+# Each run gets a new folder under runs/ (printed at the start and the end).
+fedseg poc --task "$TASK" --sites "$SITES" "$@"

@@ -6,8 +6,10 @@ import nibabel as nib
 import pytest
 
 from conftest import make_site
+from test_tracking import read_tensorboard
 from fedseg.cli import main
 from fedseg.data.split import split_dataset
+from fedseg.site_config import load_site_config
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,45 @@ def test_single_site_and_pooled_training_report_the_same_test_lists(two_sites, t
     assert pooled["models"]["final"]["site-1"]["cases"] == one["models"]["final"]["site-1"]["cases"]
     assert (tmp_path / "all" / "final_model.pt").is_file() and (tmp_path / "all" / "best_model.pt").is_file()
     assert "| final" in capsys.readouterr().out
+    # What the report and the comparison rows need, and nothing that names a case.
+    site_1 = json.loads(load_site_config(two_sites[0]).task_data("spleen").datalist.read_text())
+    assert one["training_cases"] == len(site_1["training"]) > 0
+    assert pooled["training_cases"] > one["training_cases"]
+    per_case = pooled["per_case_dice"]["final"]
+    assert set(per_case) == {"site-1", "site-2"}
+    assert len(per_case["site-1"]["spleen"]) == one["models"]["final"]["site-1"]["cases"]
+    assert "spleen_" not in json.dumps(pooled["per_case_dice"])
+    # TensorBoard events from a local run, read back: the same names the federated clients send.
+    scalars = read_tensorboard(tmp_path / "one" / "tb_events")
+    assert [step for step, _ in scalars["val_dice_spleen"]] == [1] and {"train_loss", "learning_rate"} <= set(scalars)
+    # The end of the run: its report, figures and overlays of a few test cases.
+    for name in ("report.md", "validation_dice_per_class.png", "test_dice_matrix.png", "case_dice_spread.png",
+                 "overlay_best_site-1_case1.png"):
+        assert (tmp_path / "one" / name).is_file(), name
+
+
+def test_train_writes_a_new_run_folder_each_time(two_sites, tmp_path, monkeypatch, capsys):
+    """The folder logic alone (a stand-in for the training): new folders by default, a used --out refused."""
+    import fedseg.cli
+    import fedseg.runners.local
+    from fedseg.runners.local import LocalRunResult
+
+    def fake_run(spec, sites, out, **kwargs):
+        (out / "results.json").write_text("{}")
+        return LocalRunResult({}, 1, 0.5, ("background", "spleen"), 1.0, out)
+
+    monkeypatch.setattr(fedseg.runners.local, "run_local", fake_run)
+    monkeypatch.setattr(fedseg.cli, "_local_figures", lambda *a, **k: [])
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--task", "spleen", "--variant", "tiny", "--epochs", "1", "--site-config", str(two_sites[0])]
+    assert main(args) == 0 and main(args) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("spleen_site-1_local_") for r in runs)
+    assert f"run folder: runs/{runs[0].name}" in capsys.readouterr().out
+    assert main(args + ["--out", str(runs[0])]) == 2  # used: refused
+    assert "not empty" in capsys.readouterr().err
+    assert main(args + ["--out", str(runs[0]), "--overwrite"]) == 0
+    assert main(args + ["--out", "runs/new_one"]) == 0 and (tmp_path / "runs" / "new_one" / "results.json").is_file()
 
 
 def test_infer_command_detects_the_variant(trained_spleen, real_ct, tmp_path):

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from fedseg.errors import CheckpointError, FedsegError
+from fedseg.progress import bar_wanted
+from fedseg.run_dirs import claim_run_dir, new_run_dir, non_negative_float, non_negative_int, positive_int
 from fedseg.tasks import VARIANTS, get_task, task_names
 
 ALGORITHMS = ("fedavg", "fedprox", "fedopt")  # fedseg.flare.jobs.ALGORITHMS, without importing nvflare here
@@ -24,14 +26,37 @@ def _task_args(p: argparse.ArgumentParser, variant_default: str | None = "full")
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="override the site's device (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the site's num_threads)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: the site's num_threads)")
 
 
 # data -------------------------------------------------------------------------------------------
+def _phase_mix(text: str) -> dict[str, float]:
+    """``--phases``: a contrast-phase mix such as ``portal-venous=0.7,arterial=0.1`` (one usage line if wrong)."""
+    from fedseg.data.phantoms.phases import parse_phase_mix
+
+    try:
+        return parse_phase_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _share(text: str) -> float:
+    """A number between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, not {text!r}")
+    return value
+
+
 def cmd_data_synth(a) -> int:
     from fedseg.data.synth import synthesize
 
-    info = synthesize(a.task, Path(a.out), a.cases, seed=a.seed, workers=a.workers)
+    info = synthesize(a.task, Path(a.out), a.cases, seed=a.seed, workers=a.workers, phases=a.phases,
+                      randomise=a.randomise)
     print(f"wrote {info.num_training} {a.task} phantoms to {a.out} (labels: {', '.join(info.labels)})")
     return 0
 
@@ -129,19 +154,59 @@ def cmd_train(a) -> int:
         raise FedsegError("give --site-config SITE.yaml (one site) or --pooled SITE.yaml ... (centralized)")
     sites = [load_site_config(Path(p)) for p in paths]
     mode = "pooled" if a.pooled else sites[0].site
-    out = Path(a.out or f"runs/{spec.name}_{mode}")
+    if a.resume:
+        if a.backend != "ray":
+            raise FedsegError("--resume continues a stopped Ray run: add --backend ray")
+        out = Path(a.resume)
+    elif a.out:
+        out = claim_run_dir(Path(a.out), overwrite=a.overwrite, replaced=TRAIN_OUTPUTS)
+    else:
+        out = new_run_dir(spec.name, mode, a.backend)
+    print(f"run folder: {out}", flush=True)
     if a.backend == "ray":
         from fedseg.ray.runner import run_ray
 
         result = run_ray(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, workers=a.workers,
-                         gpus_per_worker=a.gpus_per_worker, address=a.address, resume=a.resume)
+                         gpus_per_worker=a.gpus_per_worker, address=a.address, resume=a.resume, tracking=a.tracking)
     else:
         runtime = Runtime.for_site(sites[0], device=a.device, num_threads=a.threads)
-        result = run_local(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, runtime=runtime)
+        result = run_local(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, runtime=runtime,
+                           tracking=a.tracking)
     print(result.table())
-    print(f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}; "
-          f"wall time {result.wall_time_s:.0f} s; results in {out / 'results.json'}")
+    best = (f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}" if result.best_epoch
+            else "no validation score: no best model")
+    figures = _local_figures(spec, sites, out, result, device=a.device, threads=a.threads)
+    print(f"{best}; wall time {result.wall_time_s:.0f} s; results in {out / 'results.json'}; "
+          f"report and {len(figures)} figure(s) in {out / 'report.md'}")
     return 0
+
+
+# What a train run writes into its folder: removed first when --overwrite reuses a folder.
+TRAIN_OUTPUTS = ("results.json", "best_model.pt", "final_model.pt", "report.md", "tb_events", "mlflow.db",
+                 "mlartifacts", "ray_run.json", "ray_results", "*.png")
+# What simulate and poc write (poc: also its deployment and downloads).
+SIMULATE_OUTPUTS = ("results.json", "run.json", "report.md", "report.json", "*.png", "workspace", "job",
+                    "site_configs", "simulator.log", "resume_from.pt", "resumed")
+POC_OUTPUTS = SIMULATE_OUTPUTS + ("deployment", "download", "job_resumed", "resume_from_*.pt")
+
+
+def _local_figures(spec, sites, out: Path, result, *, device: str | None, threads: int | None) -> list[Path]:
+    """Overlay pictures of the run's best (else final) model on a few test cases, then the run's report."""
+    from fedseg.engine import Runtime
+    from fedseg.runners.report import write_local_report
+    from fedseg.site_data import open_site_data
+    from fedseg.site_eval import write_overlays
+
+    for stale in out.glob("overlay_*.png"):
+        stale.unlink()
+    model = out / "best_model.pt" if result.best_epoch else out / "final_model.pt"
+    try:
+        data = [open_site_data(spec, s) for s in sites]
+        write_overlays(spec, model, data, out, Runtime.for_site(sites[0], device=device, num_threads=threads),
+                       model_label="best" if result.best_epoch else "final")
+    except FedsegError as exc:
+        log.warning("fedseg: overlay pictures skipped: %s", exc)
+    return [p for p in write_local_report(out) if p.suffix == ".png"] + sorted(out.glob("overlay_*.png"))
 
 
 def detect_variant(task: str, model: Path) -> str:
@@ -162,20 +227,59 @@ def detect_variant(task: str, model: Path) -> str:
 
 def cmd_infer(a) -> int:
     from fedseg.engine import Runtime
-    from fedseg.infer import Predictor
+    from fedseg.infer import Predictor, check_input, plan_outputs
 
+    # Everything that can be refused is refused before the model runs: outputs, model file, inputs.
+    pairs = plan_outputs([Path(i) for i in a.image], a.out)
     variant = a.variant or detect_variant(a.task, Path(a.model))
     spec = get_task(a.task, variant)
+    for image, _ in pairs:
+        if not image.is_dir():
+            check_input(image, spec)
     predictor = Predictor(spec, Path(a.model), Runtime.create(a.device or "auto", num_threads=a.threads))
-    if Path(a.image).is_dir():
-        from fedseg.infer_dicom import segment_series
+    for k, (image, out) in enumerate(pairs, start=1):
+        if image.is_dir():
+            from fedseg.infer_dicom import segment_series
 
-        print(f"wrote {', '.join(str(p) for p in segment_series(predictor, Path(a.image), Path(a.out)))}")
-        return 0
-    if Path(a.out).suffix.lower() == ".dcm":
-        raise FedsegError(f"{a.out}: a DICOM SEG needs a DICOM series folder as --image (got the file {a.image})")
-    out = predictor.segment(Path(a.image), Path(a.out))
-    print(f"wrote {out}")
+            written = segment_series(predictor, image, out)
+        else:
+            written = [predictor.segment(image, out, check=False)]
+        counter = f"[{k}/{len(pairs)}] " if len(pairs) > 1 else ""
+        print(f"{counter}{image}: wrote {', '.join(str(p) for p in written)}", flush=True)
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    """At a site: a model's Dice per test case, its spread and overlay pictures; nothing leaves the machine."""
+    from fedseg.engine import Runtime
+    from fedseg.plots import figure_case_spread, save_figure
+    from fedseg.results import write_json
+    from fedseg.runners.report import pooled_cases
+    from fedseg.site_config import load_site_config
+    from fedseg.site_data import open_site_data
+    from fedseg.site_eval import score_cases, write_overlays
+
+    model = Path(a.model)
+    spec = get_task(a.task, a.variant or detect_variant(a.task, model))
+    site = load_site_config(Path(a.site_config))
+    out = (claim_run_dir(Path(a.out), overwrite=a.overwrite) if a.out
+           else new_run_dir(spec.name, site.site, "evaluate"))
+    data = open_site_data(spec, site)
+    runtime = Runtime.for_site(site, device=a.device, num_threads=a.threads)
+    label = model.stem
+    per_case = score_cases(spec, {label: model}, [data], runtime)[label]
+    classes = data.class_names[1:]
+    write_json(out / "evaluation.json", {"task": spec.name, "variant": spec.variant_name, "site": site.site,
+                                         "model": model.name, "classes": list(classes), "per_case_dice": per_case})
+    spread = save_figure(figure_case_spread([(label, pooled_cases(per_case, classes), "cases")], classes,
+                                            title=f"{model.name} on {site.site}'s test cases"),
+                         out / "case_dice_spread.png")
+    pictures = write_overlays(spec, model, [data], out, runtime, model_label=label, max_cases=a.overlays)
+    for name in classes:
+        values = [v for v in per_case[site.site][name] if v is not None]
+        shown = f"mean {sum(values) / len(values):.4f}, min {min(values):.4f}, max {max(values):.4f}" if values else "n/a"
+        print(f"{site.site} {name}: {len(values)} case(s), {shown}")
+    print(f"wrote {out / 'evaluation.json'}, {spread}" + "".join(f", {p}" for p in pictures))
     return 0
 
 
@@ -184,7 +288,7 @@ def cmd_jobs_export(a) -> int:
     from fedseg.flare.jobs import COMMITTED, export_job, job_for, resumed
 
     overrides = dict(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients,
-                     privacy=a.privacy, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus), **_deadline_overrides(a))
+                     privacy=a.privacy, tracking=a.tracking, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus), **_deadline_overrides(a))
     if a.task:
         jobs = (job_for(a.task, a.algorithm or "fedavg").with_overrides(**overrides),)
     else:
@@ -193,8 +297,19 @@ def cmd_jobs_export(a) -> int:
         if len(jobs) != 1:
             raise FedsegError("--resume-from needs --task: it resumes one job")
         jobs = (resumed(jobs[0], Path(a.resume_from), a.server_path),)
+    shipped = None
+    if a.initial_model:
+        if len(jobs) != 1:
+            raise FedsegError("--initial-model needs --task: a model fits one task")
+        if a.server_path:  # the file is (or will be) on the server: check it here, name its path there
+            from fedseg.checkpoint import load_initial_model
+
+            load_initial_model(Path(a.initial_model), get_task(jobs[0].task, jobs[0].variant))
+            jobs = (jobs[0].with_overrides(initial_model=a.server_path),)
+        else:
+            shipped = Path(a.initial_model)
     for job in jobs:
-        print(f"exported {export_job(job, Path(a.out), bundle_code=a.bundle_code)}")
+        print(f"exported {export_job(job, Path(a.out), bundle_code=a.bundle_code, initial_weights=shipped)}")
     return 0
 
 
@@ -210,12 +325,19 @@ def cmd_jobs_allow_list(a) -> int:
 
 
 def _deadline_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--round-timeout", type=int, default=None, metavar="S",
+    p.add_argument("--round-timeout", type=positive_int, default=None, metavar="S",
                    help="every training round ends after S seconds at the latest (default: the variant's, see README)")
-    p.add_argument("--straggler-grace", type=int, default=None, metavar="S",
+    p.add_argument("--straggler-grace", type=non_negative_int, default=None, metavar="S",
                    help="once min-clients updates are in, wait at most S more seconds for the rest")
-    p.add_argument("--heartbeat-timeout", type=int, default=None, metavar="S",
+    p.add_argument("--heartbeat-timeout", type=positive_int, default=None, metavar="S",
                    help="a site silent for S seconds is treated as lost until it beats again")
+
+
+def _tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking", default=None, choices=("tensorboard", "mlflow"),
+                   help="the job's experiment tracking (NVFlare add_experiment_tracking): TensorBoard events in "
+                        "the server job's tb_events/ (default) or MLflow (the server job's mlflow.db; pip install "
+                        "'fedseg[mlflow]' on the server)")
 
 
 def _deadline_overrides(a) -> dict:
@@ -253,13 +375,19 @@ def cmd_simulate(a) -> int:
         job = job_for(a.task or "spleen", a.algorithm)
     overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs,
                                     min_clients=a.min_clients or min(2, a.sites), privacy=a.privacy,
-                                    **_deadline_overrides(a))
+                                    tracking=a.tracking, **_deadline_overrides(a))
     if overridden != job:
         job, job_dir = overridden, None  # re-export with the overrides instead of editing the folder
     data_dir = Path(a.data or f"data/{job.task}")
-    run_dir = Path(a.run_dir or f"runs/{job.name}")
+    if a.run_dir:
+        run_dir = claim_run_dir(Path(a.run_dir), overwrite=a.overwrite, flag="--run-dir", replaced=SIMULATE_OUTPUTS)
+    else:
+        run_dir = new_run_dir(job.name, f"{a.sites}sites", "simulator")
+    print(f"run folder: {run_dir}", flush=True)
+    if a.initial_model:
+        job_dir = None  # exported afresh, with the starting model in it
     result = simulate(job, n_sites=a.sites, data_dir=data_dir, run_dir=run_dir, cases=a.cases, seed=a.seed,
-                      job_dir=job_dir)
+                      job_dir=job_dir, initial_weights=Path(a.initial_model) if a.initial_model else None)
     return _print_simulation(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local "
                              f"epochs ({job.variant} variant)", result, run_dir)
 
@@ -277,18 +405,28 @@ def _print_simulation(title: str, result, run_dir: Path) -> int:
         print(f"ERROR: training stopped before its last round: {result.results.ended.get('message')}")
     print(f"best round: {result.best_round}; wall time {result.wall_time_s:.0f} s "
           f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}; "
-          f"report and plots in {run_dir / 'report.md'}, {run_dir / 'validation_dice.png'}")
+          f"report in {run_dir / 'report.md'}; figures: {', '.join(sorted(p.name for p in run_dir.glob('*.png')))}")
     return 0 if result.results.finished else 1
 
 
 def cmd_report(a) -> int:
     from fedseg.flare.report import write_report
 
+    from fedseg.runners.report import read_local_run, write_local_report
+
+    try:
+        read_local_run(Path(a.path))
+    except FedsegError:
+        pass  # not a fedseg train run: a federated job
+    else:
+        written = write_local_report(Path(a.path), Path(a.out) if a.out else None)
+        print(written[0].read_text())
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        return 0
     report, out = write_report(Path(a.path), Path(a.out) if a.out else None,
                                [Path(c) for c in a.compare] if a.compare else None)
     print(report.markdown())
-    print(f"\nwrote {out / 'report.md'}, {out / 'report.json'}, {out / 'training_loss.png'}, "
-          f"{out / 'validation_dice.png'}")
+    print(f"\nwrote {out / 'report.md'}, {out / 'report.json'}, {', '.join(str(p) for p in report.figures)}")
     return 0
 
 
@@ -299,7 +437,13 @@ def cmd_poc(a) -> int:
 
     job = job_for(a.task).with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs,
                                          min_clients=a.min_clients or min(2, a.sites), **_deadline_overrides(a))
-    run_dir = Path(a.resume or a.run_dir or f"runs/{job.name}_poc")
+    if a.resume:
+        run_dir = Path(a.resume)
+    elif a.run_dir:
+        run_dir = claim_run_dir(Path(a.run_dir), overwrite=a.overwrite, flag="--run-dir", replaced=POC_OUTPUTS)
+    else:
+        run_dir = new_run_dir(job.name, f"{a.sites}sites", "poc")
+    print(f"run folder: {run_dir}", flush=True)
     try:
         if a.resume:
             run = resume_poc(run_dir)
@@ -318,8 +462,15 @@ def cmd_poc(a) -> int:
     return 0 if run.status == "FINISHED:COMPLETED" and run.results.finished else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line: the full usage is one ``--help`` away (subcommands inherit this class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedseg", description="Federated 3D segmentation on NVFlare and MONAI")
+    parser = _Parser(prog="fedseg", description="Federated 3D segmentation on NVFlare and MONAI")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -327,15 +478,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="write an MSD-layout dataset of synthetic phantoms")
     p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--out", required=True)
-    p.add_argument("--cases", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes drawing phantoms in parallel")
+    p.add_argument("--cases", type=positive_int, default=20)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=positive_int, default=1, help="processes drawing phantoms in parallel")
+    p.add_argument("--phases", type=_phase_mix, default=None, metavar="MIX",
+                   help="CT contrast-phase mix, e.g. portal-venous=0.7,arterial=0.1,delayed=0.1,non-contrast=0.1 "
+                        "(the default; phases: non-contrast, arterial, portal-venous, delayed; shares normalised)")
+    p.add_argument("--randomise", type=_share, default=None, metavar="SHARE",
+                   help="CT: share of cases whose tissue HUs are drawn at random (domain randomisation)")
     p.set_defaults(func=cmd_data_synth)
     p = data.add_parser("split", help="write one Decathlon datalist per site and a pooled site-All list")
     p.add_argument("--dataset", required=True, help="dataset root holding dataset.json")
-    p.add_argument("--sites", type=int, required=True)
+    p.add_argument("--sites", type=positive_int, required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--shares", default=None, help="relative site sizes, e.g. 1,2 (default: equal)")
     p.add_argument("--mode", choices=("iid", "scanner"), default="iid",
                    help="iid: lists only; scanner: also rewrite each site's cases for its own scanner (intensity "
@@ -365,33 +521,52 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--site-config", help="the site's YAML (single-site training)")
     group.add_argument("--pooled", nargs="+", metavar="SITE_YAML", help="several sites' YAMLs, training cases pooled")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--val-every", type=int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=100)
+    p.add_argument("--val-every", type=positive_int, default=5)
     p.add_argument("--optimizer", default=None, help="one of the task's optimizer choices")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default runs/<task>_<site|pooled>)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", default=None,
+                   help="run folder (default: a new runs/<task>_<site|pooled>_<backend>_<date-time>); "
+                        "refused if it holds anything, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run's files")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=2, help="Ray workers (with --backend ray)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--workers", type=positive_int, default=2, help="Ray workers (with --backend ray)")
+    p.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0)
     p.add_argument("--address", default=None, help="Ray cluster address (ray://host:port or auto)")
     p.add_argument("--resume", default=None, help="continue a stopped Ray run from its run folder")
+    p.add_argument("--tracking", default=None, choices=("tensorboard", "mlflow", "none"),
+                   help="where metrics go: <run>/tb_events (default, when tensorboard is installed) or an MLflow "
+                        "run in <run>/mlflow.db (or $MLFLOW_TRACKING_URI)")
     _runtime_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("infer", help="segment a volume; the mask is written on the input's grid")
     _task_args(p, variant_default=None)
     p.add_argument("--model", required=True)
-    p.add_argument("--image", required=True, help="a NIfTI file, or a folder holding one DICOM series")
+    p.add_argument("--image", required=True, nargs="+",
+                   help="NIfTI files and/or folders each holding one DICOM series (the model is loaded once)")
     p.add_argument("--out", required=True,
-                   help="mask.nii.gz; or, for a DICOM series, mask.dcm: a DICOM SEG plus mask.nii.gz beside it")
+                   help="mask.nii.gz (or .nii); for a DICOM series also mask.dcm: a DICOM SEG plus mask.nii.gz beside "
+                        "it; or a folder (existing, or ending in /) receiving <input name>_mask.nii.gz per input")
     _runtime_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("evaluate", help="at a site: a model's Dice per test case, its spread and overlay pictures "
+                                        "(e.g. a downloaded global model; nothing is sent anywhere)")
+    _task_args(p, variant_default=None)
+    p.add_argument("--model", required=True, help="a fedseg or NVFlare model file")
+    p.add_argument("--site-config", required=True, help="the site's YAML: its test cases are scored")
+    p.add_argument("--out", default=None, help="default: a new runs/<task>_<site>_evaluate_<date-time>")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
+    p.add_argument("--overlays", type=non_negative_int, default=3, help="test cases to picture (default 3)")
+    _runtime_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("annotate", help="Deepgrow 2D: the clicked object's mask on one slice")
     p.add_argument("--model", required=True, help="a deepgrow2d model file")
     p.add_argument("--variant", default=None, choices=VARIANTS, help="default: read from the model file")
     p.add_argument("--image", required=True, help="a 3D CT NIfTI")
-    p.add_argument("--slice", type=int, required=True, help="index z along the image's third array axis")
+    p.add_argument("--slice", type=non_negative_int, required=True, help="index z along the image's third array axis")
     p.add_argument("--fg", type=_click, action="append", required=True, metavar="X,Y",
                    help="a click inside the object (voxel indices along the first two array axes); repeatable")
     p.add_argument("--bg", type=_click, action="append", metavar="X,Y", help="a click outside the object; repeatable")
@@ -404,17 +579,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="jobs")
     p.add_argument("--task", default=None, choices=task_names())
     p.add_argument("--variant", default=None, choices=VARIANTS)
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--local-epochs", type=int, default=None)
-    p.add_argument("--min-clients", type=int, default=None)
+    p.add_argument("--rounds", type=positive_int, default=None)
+    p.add_argument("--local-epochs", type=positive_int, default=None)
+    p.add_argument("--min-clients", type=positive_int, default=None)
     p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"),
                    help="exclude: normalization layers stay at each site; percentile: NVFlare PercentilePrivacy")
+    _tracking_arg(p)
     p.add_argument("--algorithm", default=None, choices=ALGORITHMS,
                    help="with --task: NVFlare's FedAvg (default), FedProx or FedOpt recipe")
     p.add_argument("--resume-from", default=None, metavar="FL_GLOBAL_MODEL.pt",
                    help="continue a stopped job from this saved global model, at the round after the one it records")
-    p.add_argument("--server-path", default=None, help="where the server sees --resume-from (default: its local path)")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs every site must offer (meta.json resource_spec)")
+    p.add_argument("--server-path", default=None,
+                   help="where the server sees --resume-from or --initial-model (default: --resume-from's local "
+                        "path; --initial-model is shipped in the job)")
+    p.add_argument("--initial-model", default=None, metavar="MODEL",
+                   help="start from these weights: a fedseg or NVFlare model file or a MONAI bundle that fits the task")
+    p.add_argument("--gpus", type=non_negative_int, default=None,
+                   help="GPUs every site must offer (meta.json resource_spec)")
     p.add_argument("--site-gpus", nargs="+", default=None, metavar="SITE=N", help="per-site GPU overrides")
     p.add_argument("--bundle-code", action="store_true",
                    help="ship the fedseg package in app/custom (sites need nvflare, torch, MONAI, not fedseg)")
@@ -430,19 +611,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="synth + split + nvflare simulator + results table")
     p.add_argument("--job", default=None, help="a job folder (default: generated for --task)")
     p.add_argument("--task", default=None, choices=task_names())
-    p.add_argument("--sites", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--local-epochs", type=int, default=None)
-    p.add_argument("--cases", type=int, default=30, help="phantoms to synthesize if the dataset is missing")
+    p.add_argument("--sites", type=positive_int, default=2)
+    p.add_argument("--rounds", type=positive_int, default=None)
+    p.add_argument("--local-epochs", type=positive_int, default=None)
+    p.add_argument("--cases", type=positive_int, default=30, help="phantoms to synthesize if the dataset is missing")
     p.add_argument("--data", default=None, help="dataset folder (default data/<task>)")
-    p.add_argument("--run-dir", default=None, help="default runs/<job name>")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None,
+                   help="default: a new runs/<job name>_<N>sites_simulator_<date-time>; refused if it holds anything, "
+                        "unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --run-dir, replacing its run's files")
+    _tracking_arg(p)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"))
     p.add_argument("--algorithm", default="fedavg", choices=ALGORITHMS, help="NVFlare's FedAvg, FedProx or FedOpt recipe")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a stopped run from its last global model (into RUN_DIR/resumed)")
-    p.add_argument("--min-clients", type=int, default=None,
+    p.add_argument("--min-clients", type=positive_int, default=None,
                    help="the job goes on while this many sites deliver (default: 2, or 1 with one site)")
+    p.add_argument("--initial-model", default=None, metavar="MODEL",
+                   help="start from these weights: a fedseg or NVFlare model file or a MONAI bundle that fits the task")
     _deadline_args(p)
     p.set_defaults(func=cmd_simulate)
 
@@ -455,17 +642,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("poc", help="a local NVFlare POC deployment: provision, start, submit, wait, download, stop")
     p.add_argument("--task", default="spleen", choices=task_names())
-    p.add_argument("--sites", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--local-epochs", type=int, default=None)
-    p.add_argument("--cases", type=int, default=30)
+    p.add_argument("--sites", type=positive_int, default=2)
+    p.add_argument("--rounds", type=positive_int, default=None)
+    p.add_argument("--local-epochs", type=positive_int, default=None)
+    p.add_argument("--cases", type=positive_int, default=30)
     p.add_argument("--data", default=None, help="dataset folder (default data/<task>)")
-    p.add_argument("--run-dir", default=None, help="default runs/<job name>_poc")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None,
+                   help="default: a new runs/<job name>_<N>sites_poc_<date-time>; refused if it holds anything, "
+                        "unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --run-dir, replacing its run's files")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--via", choices=("cli", "api"), default="cli",
                    help="submit with `nvflare job submit` or the FLARE API (Session.submit_job)")
     p.add_argument("--bundle-code", action="store_true", help="ship fedseg inside the job (BYOC)")
-    p.add_argument("--min-clients", type=int, default=None, help="the job goes on while this many sites deliver")
+    p.add_argument("--min-clients", type=positive_int, default=None, help="the job goes on while this many sites deliver")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the job of an earlier `fedseg poc` whose server died, from its last global model")
     _deadline_args(p)
@@ -480,6 +670,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
+        if bar_wanted():
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():  # log lines printed above the progress bars, not through them
+                return args.func(args)
         return args.func(args)
     except (FedsegError, ValueError) as exc:
         if args.verbose:

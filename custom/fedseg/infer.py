@@ -8,19 +8,136 @@ written as a uint8 mask with the input's affine.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
 from monai.transforms import LoadImage, ResampleToMatch
 
 from fedseg.checkpoint import load_model
 from fedseg.data.checks import check_image_file
 from fedseg.engine import Runtime, SegmentationEngine
+from fedseg.errors import FedsegError
+from fedseg.progress import Progress
 from fedseg.tasks.spec import TaskSpec
 from fedseg.transforms import IMAGE, eval_transforms
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SEG_SUFFIX = ".dcm"  # a DICOM SEG, for a DICOM series input
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _stem(path: Path) -> str:
+    """``ct.nii.gz`` -> ``ct``; a series folder keeps its name."""
+    name = path.name.rstrip("/")
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_folder_target(out: str | Path) -> bool:
+    """``--out`` names a folder: it exists as one, or is written with a trailing separator (``masks/``)."""
+    text = str(out)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def _check_writable(target: Path) -> None:
+    """Refuse ``target`` unless a file can be written there; names the path and the reason."""
+    if target.is_dir():
+        raise FedsegError(f"--out {target}: is a folder, not a file; name the mask file (e.g. mask.nii.gz)")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise FedsegError(f"--out {target}: file exists and is not writable")
+        return
+    parent = target.parent
+    while not parent.exists():  # the folders that will be created must sit in a writable one
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FedsegError(f"--out {target}: {parent} is a file, so no folder can be made there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FedsegError(f"--out {target}: cannot write in {parent} (permission denied)")
+
+
+def plan_outputs(images: list[Path], out: str | Path) -> list[tuple[Path, Path]]:
+    """Pair every input with the mask file it will get, refusing an unusable ``out`` before any work.
+
+    ``out`` is a mask file for one input (``.nii.gz`` or ``.nii``; ``.dcm`` for a DICOM series: a SEG
+    plus the ``.nii.gz`` beside it), or a folder (existing, or written with a trailing ``/``) that
+    receives ``<input name>_mask.nii.gz`` for each input.
+
+    Raises:
+        FedsegError: an unsupported extension, several inputs for one file, two inputs with one
+            name, or a place that cannot be written (each names the path and what is wrong).
+    """
+    images = [Path(i) for i in images]
+    if not images:
+        raise FedsegError("give at least one --image")
+    missing = [str(i) for i in images if not i.exists()]
+    if missing:
+        raise FedsegError(f"--image: not found: {', '.join(missing)}")
+    if is_folder_target(out):
+        folder = Path(out)
+        pairs = [(image, folder / f"{_stem(image)}_mask.nii.gz") for image in images]
+        clashes = sorted({str(t) for _, t in pairs if sum(t == u for _, u in pairs) > 1})
+        if clashes:
+            raise FedsegError(f"--out {folder}: several inputs would write {', '.join(clashes)}; give inputs with "
+                              "different names, or one call each")
+    else:
+        target = Path(out)
+        if len(images) > 1:
+            raise FedsegError(f"--out {target}: {len(images)} inputs need a folder (e.g. --out masks/), "
+                              "one mask file per input is written there")
+        suffix = _suffix(target)
+        allowed = NIFTI_SUFFIXES + ((SEG_SUFFIX,) if images[0].is_dir() else ())
+        if suffix not in allowed:
+            hint = "" if images[0].is_dir() else " (.dcm, a DICOM SEG, needs a DICOM series folder as --image)"
+            raise FedsegError(f"--out {target}: unsupported output type {suffix or '(no extension)'!r}; give a "
+                              f"{' or '.join(allowed)} file, or a folder ending in /{hint}")
+        pairs = [(images[0], target)]
+    for _, target in pairs:
+        _check_writable(target)
+        if _suffix(target) == SEG_SUFFIX:
+            _check_writable(target.with_suffix(".nii.gz"))
+    return pairs
+
+
+def sliding_windows(image_shape: tuple[int, ...], spec: TaskSpec) -> int:
+    """How many network calls a sliding-window pass over an image of ``image_shape`` makes (batches of windows).
+
+    The same grid as MONAI's ``sliding_window_inference``: the image padded to at least one window,
+    windows ``roi * (1 - overlap)`` apart.
+    """
+    roi = tuple(spec.sw_roi)
+    size = tuple(max(s, r) for s, r in zip(image_shape, roi))
+    interval = _get_scan_interval(size, roi, len(roi), (spec.sw_overlap,) * len(roi))
+    windows = len(dense_patch_slices(size, roi, interval, return_slice=False))
+    return math.ceil(windows / spec.sw_batch_size)
+
+
+@contextlib.contextmanager
+def window_progress(network: torch.nn.Module, image_shape: tuple[int, ...], spec: TaskSpec,
+                    label: str) -> Iterator[Progress]:
+    """Count the network's calls during a sliding-window pass (a forward hook) as progress."""
+    progress = Progress(label, sliding_windows(image_shape, spec), unit="batch")
+    handle = network.register_forward_hook(lambda *_: progress.advance())
+    try:
+        yield progress
+    finally:
+        handle.remove()
+        progress.close()
 
 
 def check_input(path: Path, spec: TaskSpec) -> None:
@@ -42,7 +159,10 @@ class Predictor:
         """Class probabilities on the input's own voxel grid, shape (classes, *input spatial shape)."""
         item = self.preprocess({IMAGE: str(image_path)})
         net_image = item[IMAGE]
-        probs = torch.softmax(self.engine.predict_logits(net_image), dim=0).cpu()
+        with window_progress(self.engine.network, tuple(net_image.shape[1:]), self.spec,
+                             f"segment {Path(image_path).name}"):
+            logits = self.engine.predict_logits(net_image)
+        probs = torch.softmax(logits, dim=0).cpu()
         probs = MetaTensor(probs, meta=dict(net_image.meta))  # carries the preprocessed grid's affine
         original = self.loader(str(image_path))
         back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=original)
@@ -51,11 +171,16 @@ class Predictor:
         back[0:1][outside] = 1.0
         return back.as_tensor()
 
-    def segment(self, image_path: Path, out_path: Path) -> Path:
-        check_input(image_path, self.spec)
+    def mask(self, image_path: Path, *, check: bool = True) -> np.ndarray:
+        """The uint8 class-index mask on the input's own voxel grid (``check=False``: the caller checked it)."""
+        if check:
+            check_input(image_path, self.spec)
         # torch.max(...).indices equals argmax and is 10-50x faster on CPU (bench/inference.py).
-        mask = torch.max(self.probabilities(image_path), 0).indices.numpy().astype(np.uint8)
-        return save_mask_like(image_path, mask, out_path)
+        return torch.max(self.probabilities(image_path), 0).indices.numpy().astype(np.uint8)
+
+    def segment(self, image_path: Path, out_path: Path, *, check: bool = True) -> Path:
+        """Segment one NIfTI file and write the mask to ``out_path``; returns ``out_path``."""
+        return save_mask_like(image_path, self.mask(image_path, check=check), out_path)
 
 
 def save_mask_like(image_path: Path, mask: np.ndarray, out_path: Path) -> Path:

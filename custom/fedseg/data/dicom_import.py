@@ -26,6 +26,7 @@ from fedseg.data.phantoms.nifti import save_nifti
 from fedseg.data.problems import ProblemReport
 from fedseg.data.seg import open_seg, referenced_series, segment_labels, seg_to_labels
 from fedseg.errors import DataError
+from fedseg.progress import Progress
 
 
 @dataclass
@@ -182,7 +183,8 @@ def import_dicom(src: Path, out: Path, *, labels: Path | None = None, classes: t
     class_names = _class_names(found, classes)
     manifest_cases, entries, tests = {}, [], []
     by_uid = {s.uid: s for s in scan.series}
-    for uid, geometry in geometries.items():
+    progress = Progress("import DICOM series", len(geometries), unit="series")
+    for uid, geometry in progress.track(geometries.items()):
         series = by_uid[uid]
         try:
             volume = to_regular_grid(read_slices(geometry), geometry)

@@ -32,6 +32,7 @@ from fedseg.errors import ConfigError, FedsegError, NonFiniteLossError
 from fedseg.flare.controller import LEAVING
 from fedseg.flare.guard import WITHHELD
 from fedseg.networks import build_network
+from fedseg.progress import log_lines_only
 from fedseg.runners.site import make_site_trainer
 from fedseg.site_config import find_site_config, load_site_config
 from fedseg.site_data import open_site_data
@@ -96,20 +97,38 @@ def private_report(cfg, name: str, text: str) -> Path:
     return path
 
 
-def _config_source(cfg_path: Path) -> str:
-    """Where the site's YAML came from, in words that name no path (except a checkout's, loudly)."""
+def _config_source(cfg_path: Path) -> tuple[str, bool]:
+    """Where the site's YAML came from, in words that name no path (except a checkout's), and whether
+    that is the source checkout fedseg is installed from (the demo default, easily not what a user means).
+    """
     from fedseg.site_config import ENV_DIR, KIT_FILE, repository_site_configs
 
     if os.environ.get(ENV_DIR):
-        return f"${ENV_DIR}"
+        return f"${ENV_DIR}", False
     if cfg_path.parts[-2:] == KIT_FILE.parts:
-        return f"the site's startup kit ({KIT_FILE})"
+        return f"the site's startup kit ({KIT_FILE})", False
     repo = repository_site_configs()
     if repo is not None and cfg_path.parent == repo:
-        log.warning("fedseg: the site config comes from the source checkout fedseg is installed from, %s, not from "
-                    "the current folder, %s or a startup kit: is that the data you mean?", cfg_path, ENV_DIR)
-        return f"the source checkout ({cfg_path})"
-    return "its YAML"
+        return f"the source checkout ({cfg_path})", True
+    return "its YAML", False
+
+
+def checkout_warning(site: str, cfg_path: Path, cases: Mapping[str, int]) -> str:
+    """The banner a site shows when it trains on the installed checkout's YAML rather than one the user chose.
+
+    Several lines at WARNING level: ``nvflare simulator`` shows non-NVFlare warnings on its console in
+    every log mode, and a banner stands out of the NVFlare lines around it.
+    """
+    from fedseg.site_config import ENV_DIR
+
+    counts = ", ".join(f"{n} {split}" for split, n in cases.items())
+    rule = "!" * 78
+    return (f"\n{rule}\n"
+            f"fedseg {site}: training on the site config of the source checkout fedseg is installed from:\n"
+            f"    {cfg_path}\n"
+            f"    ({counts} case(s))\n"
+            f"  not one from the current folder, ${ENV_DIR} or the site's startup kit. If that is not the data\n"
+            f"  you mean, stop the job and run it with {ENV_DIR}=<folder holding {site}.yaml>.\n{rule}")
 
 
 def _open_site(site: str, args: argparse.Namespace):
@@ -134,8 +153,11 @@ def _open_site(site: str, args: argparse.Namespace):
                   site, data.report.summary(), where)
         raise SiteFailure(f"site {site} cannot train: data check failed: {data.report.summary()}")
     cases = {split: len(data.datalist.cases(split)) for split in ("training", "validation", "test")}
+    source, from_checkout = _config_source(cfg.path)
+    if from_checkout:
+        log.warning(checkout_warning(site, cfg.path, cases))
     log.info("fedseg %s: site config from %s; %s; data check passed (%s); task %s/%s on %s", site,
-             _config_source(cfg.path), ", ".join(f"{n} {k} case(s)" for k, n in cases.items()),
+             source, ", ".join(f"{n} {k} case(s)" for k, n in cases.items()),
              data.report.summary(), spec.name, spec.variant_name, runtime.device)
     return spec, data, runtime, cfg
 
@@ -191,6 +213,7 @@ def _check_unchanged(site: str, fingerprint, cfg) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    log_lines_only()
     flare.init()
     site = flare.get_site_name()
     try:

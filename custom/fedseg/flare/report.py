@@ -2,8 +2,13 @@
 
 Works on a simulator run folder or workspace, a POC/production result downloaded with
 ``nvflare job download``, or the server's job folder itself. It writes ``report.md``,
-``report.json``, ``training_loss.png`` and ``validation_dice.png``, and puts the single-site and
-centralized runs it finds next to the federated figures.
+``report.json`` and the figures (see :data:`fedseg.runners.report.FIGURES`), and puts the
+single-site and centralized runs it finds (or is given) next to the federated figures, each
+labelled by its own run folder's name with its training schedule and number of training cases.
+
+Per-case Dice never reaches the server: the federated models' spread comes from the run folder's
+``results.json`` when whoever ran the job also holds the images (``fedseg simulate``), and is
+otherwise shown as one point per site (the per-site means the sites did send).
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedseg.engine.metrics import metric_key
 from fedseg.errors import FedsegError
 from fedseg.flare.results import BEST_MODEL, FINAL_MODEL, JobResults, read_job_results
-from fedseg.results import POOLED, SiteScore, models_to_json, render_table, with_pooled, write_json
+from fedseg.results import SiteScore, models_to_json, render_table, write_json
+from fedseg.runners.report import LocalRun, figure_list, find_local_runs, pooled_cases, read_local_run
 
 _DICE_KEY = re.compile(r"^test_dice_(?!.*_n_)(.+)$")
 
@@ -28,8 +35,15 @@ class Report:
     matrix: dict[str, dict[str, SiteScore]]
     rounds: list[dict]
     best_round: int | None
-    comparison: dict[str, dict[str, SiteScore]] = field(default_factory=dict)
+    compared: list[ComparedRun] = field(default_factory=list)
     federation: dict | None = None  # fedseg_federation.json: who took part in each round, how the job ended
+    click_curves: dict[str, dict[int, float]] = field(default_factory=dict)  # Deepgrow: final model, per object
+    figures: list[Path] = field(default_factory=list)  # written by write_report
+
+    @property
+    def comparison(self) -> dict[str, dict[str, SiteScore]]:
+        """The compared runs' test scores by label (empty when there is nothing to compare)."""
+        return {run.label: run.scores for run in self.compared} if len(self.compared) > 1 else {}
 
     @property
     def sites(self) -> list[str]:
@@ -52,7 +66,14 @@ class Report:
         parts += self._participation()
         if self.comparison:
             parts += ["## Federated, centralized and single-site (test cases)", "",
-                      render_table(self.comparison, self.class_names), ""]
+                      "Each run by its own folder name, with what it trained on.", "",
+                      comparison_table(self.compared, self.class_names), ""]
+        if self.click_curves:
+            clicks = sorted({n for c in self.click_curves.values() for n in c})
+            parts += ["## Final global model: test Dice after N clicks", "",
+                      "| object | " + " | ".join(map(str, clicks)) + " |", "|---" * (len(clicks) + 1) + "|",
+                      *(f"| {name} | " + " | ".join(_fmt(curve.get(n)) for n in clicks) + " |"
+                        for name, curve in self.click_curves.items()), ""]
         return "\n".join(parts)
 
     def _participation(self) -> list[str]:
@@ -88,7 +109,34 @@ class Report:
     def to_json(self) -> dict:
         return {"job_dir": str(self.job_dir), "classes": list(self.class_names), "best_round": self.best_round,
                 "cross_site": models_to_json(self.matrix), "rounds": _finite(self.rounds),
-                "comparison": models_to_json(self.comparison), "federation": self.federation}
+                "comparison": models_to_json(self.comparison), "federation": self.federation,
+                "compared_runs": [{"label": r.label, "setting": r.setting, "schedule": r.schedule,
+                                   "training_cases": r.training_cases} for r in self.compared],
+                "click_curves": {k: {str(n): v for n, v in c.items()} for k, c in self.click_curves.items()}}
+
+
+@dataclass
+class ComparedRun:
+    """One row group of the comparison: a model of a run, labelled by the run's own name."""
+
+    label: str
+    setting: str
+    schedule: str
+    training_cases: int | None
+    scores: dict[str, SiteScore]
+    per_case: dict[str, dict[str, list]] | None = None  # site -> class -> Dice per case; None: not known here
+
+
+def comparison_table(runs: list[ComparedRun], class_names: tuple[str, ...]) -> str:
+    """Markdown: one row per run and site, with the run's setting, schedule and training cases."""
+    head = ["run", "setting", "training", "training cases", "site", "cases", *class_names, "mean"]
+    rows = [head, ["---"] * len(head)]
+    for run in runs:
+        for site, score in run.scores.items():
+            rows.append([run.label, run.setting, run.schedule,
+                         "n/a" if run.training_cases is None else str(run.training_cases), site, str(score.cases),
+                         *(_fmt(score.dice.get(c)) for c in class_names), _fmt(score.mean)])
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 def _fmt(value) -> str:
@@ -139,96 +187,119 @@ def _rounds(results: JobResults) -> list[dict]:
     return out
 
 
-def _local_runs(task_dir: Path, task: str | None) -> dict[str, Path]:
-    """Single-site and centralized runs (``fedseg train``) beside the federated run, by setting name."""
-    found = {}
-    for results in sorted(task_dir.glob("*/results.json")):
-        body = json.loads(results.read_text())
-        if body.get("mode") in ("single-site", "pooled") and (task is None or body.get("task") == task):
-            label = "centralized" if body["mode"] == "pooled" else f"{'+'.join(body['sites'])} alone"
-            found[label] = results
-    return found
+def _run_record(path: Path) -> tuple[Path | None, dict]:
+    """The run folder holding the federated run's ``results.json`` (up to 4 levels up), and its content."""
+    for folder in [path, *path.parents][:5]:
+        if (folder / "results.json").is_file():
+            try:
+                return folder, json.loads((folder / "results.json").read_text())
+            except ValueError:
+                return folder, {}
+    return None, {}
+
+
+def _federated_runs(results: JobResults, matrix: dict, run_dir: Path | None, record: dict) -> list[ComparedRun]:
+    """The final and best global models as comparison rows, with per-case values where the run has them."""
+    name = run_dir.name if run_dir is not None else results.job_dir.name
+    rounds, epochs = record.get("rounds"), record.get("local_epochs")
+    schedule = f"{rounds} rounds x {epochs} local epochs" if rounds and epochs else "n/a"
+    cases = record.get("training_cases")
+    setting = f"federated ({record.get('algorithm', 'fedavg')}, {len(results.sites)} sites)"
+    per_case = record.get("per_case_dice") or {}
+    runs = [ComparedRun(f"{name}: final global", setting, schedule, sum(cases.values()) if cases else None,
+                        matrix.get("final global", {}), per_case.get("final"))]
+    if BEST_MODEL in results.model_names():
+        key = f"best (round {results.best_round})"
+        runs.append(ComparedRun(f"{name}: best global (round {results.best_round})", setting, schedule,
+                                sum(cases.values()) if cases else None,
+                                matrix[_model_label(BEST_MODEL, results.best_round)], per_case.get(key)))
+    return runs
+
+
+def _local_rows(runs: list[LocalRun]) -> list[ComparedRun]:
+    """Each run's final model; two runs of one name (in different folders) are told apart by their parent."""
+    names = [r.name for r in runs]
+    rows = []
+    for run in runs:
+        label = run.name if names.count(run.name) == 1 else f"{run.path.parent.name}/{run.name}"
+        rows.append(ComparedRun(f"{label}: final", run.setting, run.schedule, run.training_cases, run.scores("final"),
+                                run.per_case("final")))
+    return rows
 
 
 def build_report(path: Path, compare: list[Path] | None = None) -> Report:
+    """Read a finished job (and the runs to compare) into a :class:`Report`.
+
+    ``compare``: ``fedseg train`` run folders; by default the newest single-site and centralized
+    runs of the same task and variant beside the federated run folder.
+    """
+    path = Path(path).resolve()
     results = read_job_results(path)
-    names = _class_names(results, Path(path).resolve())
+    names = _class_names(results, path)
     matrix = {_model_label(m, results.best_round): results.scores(m, names) for m in results.model_names()}
+    run_dir, record = _run_record(path)
     report = Report(results.job_dir, names, matrix, _rounds(results), results.best_round,
-                    federation=results.federation)
-    fed = {"federated, final": matrix.get("final global", {})}
-    if BEST_MODEL in results.model_names():
-        fed["federated, best"] = matrix[_model_label(BEST_MODEL, results.best_round)]
-    runs = {p.parent.name: p / "results.json" if p.is_dir() else p for p in (compare or [])}
-    if not compare:
-        task = _task_of(Path(path).resolve())
-        runs = _local_runs(_runs_root(Path(path).resolve()), task)
-    for label, results_file in runs.items():
-        body = json.loads(Path(results_file).read_text())
-        final = body["models"]["final"]
-        fed[label] = with_pooled({s: SiteScore(c["cases"], {k: (v if v is not None else float("nan"))
-                                                             for k, v in c["dice"].items()}, c["counts"])
-                                  for s, c in final.items() if s != POOLED})
-    report.comparison = fed if len(fed) > 1 else {}
+                    federation=results.federation, click_curves=results.click_curves(FINAL_MODEL, names))
+    if compare:
+        local = [read_local_run(Path(c)) for c in compare]
+    else:
+        found = find_local_runs(run_dir.parent if run_dir else path.parent, record.get("task"), record.get("variant"))
+        local = [r for r in found if tuple(r.body.get("classes", names)) == names]  # the same task's classes only
+    report.compared = _federated_runs(results, matrix, run_dir, record) + _local_rows(local)
     return report
 
 
-def _task_of(path: Path) -> str | None:
-    for folder in [path, *path.parents][:5]:
-        if (folder / "results.json").is_file():
-            return json.loads((folder / "results.json").read_text()).get("task")
-    return None
+def write_figures(report: Report, out: Path) -> list[Path]:
+    """Every figure the report has data for; returns the files written."""
+    from fedseg.plots import (figure_case_spread, figure_class_curves, figure_click_curves, figure_heatmap,
+                              figure_rounds, save_figure)
 
-
-def _runs_root(path: Path) -> Path:
-    """The folder holding sibling runs: the parent of the run folder that has results.json."""
-    for folder in [path, *path.parents][:5]:
-        if (folder / "results.json").is_file():
-            return folder.parent
-    return path.parent
-
-
-def plot(report: Report, out_dir: Path) -> list[Path]:
-    """Training loss and validation Dice per round, per site and for all sites, as in the cards' graphs."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        raise FedsegError("plots need matplotlib: pip install 'fedseg[report]'") from None
     written = []
-    for key, title, name in (("train_loss", "Training loss per round", "training_loss.png"),
-                             ("val_dice", "Global model validation Dice per round", "validation_dice.png")):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        rounds = [r["round"] for r in report.rounds]
-        for site in report.sites:
-            ax.plot(rounds, [r["sites"].get(site, {}).get(key, float("nan")) for r in report.rounds],
-                    marker="o", ms=3, lw=1, label=site)
-        ax.plot(rounds, [r["all"].get(key, float("nan")) for r in report.rounds], color="black", lw=2,
-                label="all sites (weighted)")
-        if key == "val_dice" and report.best_round is not None:
-            ax.axvline(report.best_round, color="grey", ls="--", lw=1, label=f"best round {report.best_round}")
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("training loss (the task's loss)" if key == "train_loss" else "mean Dice (foreground classes)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = Path(out_dir) / name
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+    if report.rounds:
+        for key, name in (("train_loss", "training_loss.png"), ("val_dice", "validation_dice.png")):
+            written.append(save_figure(figure_rounds(report.rounds, report.sites, key, report.best_round), out / name))
+        steps = [r["round"] for r in report.rounds]
+        series = {site: {c: [r["sites"].get(site, {}).get(f"val_dice_{metric_key(c)}") for r in report.rounds]
+                         for c in report.class_names} for site in report.sites}
+        series["all sites (weighted)"] = {c: [r["all"].get(f"val_dice_{metric_key(c)}") for r in report.rounds]
+                                          for c in report.class_names}
+        fig = figure_class_curves(steps, series, report.class_names, xlabel="round", mark=report.best_round,
+                                  mark_label=f"best round {report.best_round}",
+                                  title="Global model validation Dice per class, per round and site")
+        written.append(save_figure(fig, out / "validation_dice_per_class.png"))
+    panels = {c: {m: {s: v.dice.get(c) for s, v in sites.items()} for m, sites in report.matrix.items()}
+              for c in report.class_names}
+    if len(report.class_names) > 1:
+        panels["mean over classes"] = {m: {s: v.mean for s, v in sites.items()} for m, sites in report.matrix.items()}
+    cases = {m: {s: v.cases for s, v in sites.items()} for m, sites in report.matrix.items()}
+    written.append(save_figure(figure_heatmap(panels, title="Cross-site evaluation: Dice of each model on each "
+                                                            "site's test cases", cases=cases),
+                               out / "cross_site_dice.png"))
+    groups, means_only = [], False
+    for run in report.compared:
+        if run.per_case:
+            groups.append((run.label, pooled_cases(run.per_case, report.class_names), "cases"))
+        else:
+            means_only = True
+            groups.append((run.label, {c: [v.dice.get(c) for s, v in run.scores.items() if s != "pooled"]
+                                       for c in report.class_names}, "site means"))
+    note = ("diamonds: one per site, the per-site mean the sites sent; their per-case values stay at the sites "
+            "(fedseg evaluate at a site draws its own)") if means_only else ""
+    written.append(save_figure(figure_case_spread(groups, report.class_names, note=note,
+                                                  title="Dice per test case, all sites' test cases"),
+                               out / "case_dice_spread.png"))
+    if report.click_curves:
+        fig = figure_click_curves(report.click_curves, title="Final global model: test Dice vs clicks, all sites")
+        written.append(save_figure(fig, out / "dice_vs_clicks.png"))
     return written
 
 
 def write_report(path: Path, out_dir: Path | None = None, compare: list[Path] | None = None) -> tuple[Report, Path]:
+    """Write ``report.md``, ``report.json`` and the figures (listed in ``report.figures``) to ``out_dir``."""
     report = build_report(path, compare)
     out = Path(out_dir or path)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(report.markdown() + "\n")
+    report.figures = write_figures(report, out)
+    (out / "report.md").write_text(report.markdown() + "\n" + "\n".join(figure_list(out, report.figures)) + "\n")
     write_json(out / "report.json", report.to_json())
-    plot(report, out)
     return report, out

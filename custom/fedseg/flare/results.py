@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedseg.engine.metrics import metric_key
 from fedseg.errors import FedsegError
 from fedseg.flare.federation_record import COMPLETED, RECORD_FILE
 from fedseg.results import SiteScore, with_pooled
@@ -74,6 +75,30 @@ class JobResults:
                     acc = totals.setdefault(int(found.group(1)), [0.0, 0.0])
                     acc[0], acc[1] = acc[0] + value * cases, acc[1] + cases
         return {n: total / cases for n, (total, cases) in sorted(totals.items())}
+
+    def click_curves(self, model: str, class_names: tuple[str, ...]) -> dict[str, dict[int, float]]:
+        """Deepgrow: each object's test Dice after N clicks, pooled over sites by its samples, plus ``"mean"``.
+
+        Empty for tasks that report no click metrics.
+        """
+        curves: dict[str, dict[int, float]] = {}
+        for name in class_names:
+            key = metric_key(name)
+            totals: dict[int, list[float]] = {}
+            for site in self.sites:
+                metrics = self.cross_site[site].get(model, {})
+                weight = float(metrics.get(f"test_n_{key}", 0))
+                for metric, value in metrics.items():
+                    found = re.fullmatch(rf"test_dice_{re.escape(key)}_click(\d+)", metric)
+                    if found and weight and math.isfinite(value):
+                        acc = totals.setdefault(int(found.group(1)), [0.0, 0.0])
+                        acc[0], acc[1] = acc[0] + value * weight, acc[1] + weight
+            if totals:
+                curves[name] = {n: total / weight for n, (total, weight) in sorted(totals.items())}
+        mean = self.click_curve(model)
+        if mean:
+            curves["mean"] = mean
+        return curves
 
     def missing(self) -> list[str]:
         """Cells absent from the cross-site matrix (every site should score every model)."""

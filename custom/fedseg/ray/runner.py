@@ -36,7 +36,9 @@ from fedseg.results import SiteScore, models_to_json, with_pooled, write_json
 from fedseg.runners.local import LocalRunResult, check_same_classes
 from fedseg.site_config import SiteConfig
 from fedseg.site_data import open_site_data
+from fedseg.site_eval import per_case_json
 from fedseg.tasks.spec import TaskSpec
+from fedseg.tracking import history_scalars, open_tracker
 
 log = logging.getLogger("fedseg")
 
@@ -87,10 +89,11 @@ def _manifest(run_dir: Path, resume: bool, spec: TaskSpec, sites: list[SiteConfi
 def run_ray(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: int, val_every: int = 1,
             seed: int = 0, workers: int = 2, gpus_per_worker: float = 0.0, address: str | None = None,
             resume: str | Path | None = None, max_failures: int = 3,
-            object_store_mb: int = DEFAULT_OBJECT_STORE_MB) -> RayRunResult:
+            object_store_mb: int = DEFAULT_OBJECT_STORE_MB, tracking: str | None = None) -> RayRunResult:
     """Train on the pooled training cases of ``sites`` with ``workers`` Ray workers; write what ``run_local`` writes.
 
     ``resume`` is a run folder to continue (results then go there, not to ``out_dir``).
+    ``tracking`` as for ``run_local``: the driver writes every epoch of the run's history once it ends.
     ``max_failures``: worker-group restarts from the last checkpoint before the run gives up.
     Without ``address`` a local Ray is started for the run and shut down at its end.
     """
@@ -149,6 +152,9 @@ def run_ray(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: i
     wall = time.perf_counter() - start
     timing["wall_time_s"] = round(wall, 2)
     history = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in state["history"]]
+    _track(tracking, out, manifest["name"], history, {
+        "task": spec.name, "variant": spec.variant_name, "sites": ",".join(s.site for s in sites), "epochs": epochs,
+        "seed": seed, "training_cases": len(train_items), "backend": "ray", "workers": workers})
     write_json(out / "results.json", {
         "task": spec.name, "variant": spec.variant_name, "mode": "pooled" if len(sites) > 1 else "single-site",
         "backend": "ray", "sites": [s.site for s in sites], "epochs": epochs, "seed": seed, "best_epoch": best_epoch,
@@ -156,6 +162,9 @@ def run_ray(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: i
         "wall_time_s": round(wall, 1), "workers": workers, "gpus_per_worker": gpus_per_worker,
         "steps_per_epoch": cfg["steps_per_epoch"], "ray_run": manifest["name"],
         "restarts": [{k: r[k] for k in ("kind", "from_epoch")} for r in restarts], "timing": timing,
+        "training_cases": len(train_items), "tracking": tracking or "tensorboard",
+        "per_case_dice": {key: _per_case(raw_scores[raw], class_names) for key, raw in
+                          (("final", "final"), (f"best (epoch {best_epoch})", "best")) if key in models},
     })
     return RayRunResult(models, best_epoch, best_dice, class_names, wall, out, workers=workers,
                         restarts=[{k: r[k] for k in ("kind", "from_epoch")} for r in restarts], timing=timing)
@@ -213,6 +222,27 @@ def _first_line(exc: BaseException) -> str:
         return f"rank {rank}: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _track(kind: str | None, run_dir: Path, name: str, history: list[dict], params: dict) -> None:
+    """Hand the finished run's history to the tracker (the workers have none; one pass keeps steps in order)."""
+    tracker = open_tracker(kind, run_dir, name, params)
+    try:
+        for row in history:
+            tracker.log_scalars(history_scalars(row), step=int(row["epoch"]))
+    finally:
+        tracker.close()
+
+
+def _per_case(raw: dict, class_names: tuple[str, ...]) -> dict[str, dict[str, list]]:
+    """Per-case Dice per site, as ``run_local`` records it (no case names)."""
+    out = {}
+    for site, rows in raw.items():
+        scores = DiceScores(class_names[1:])
+        for dice, fp in zip(rows["per_case"], rows["false_positive"]):
+            scores.add(dice, fp)
+        out[site] = per_case_json(scores)
+    return out
 
 
 def _site_scores(raw: dict, class_names: tuple[str, ...]) -> dict[str, SiteScore]:
