@@ -76,8 +76,15 @@ def test_report_tables_plots_and_tracking(sim):
     assert set(report["rounds"][1]["sites"]) == {"site-1", "site-2"}
     md = (run / "report.md").read_text()
     assert "## Cross-site evaluation" in md and "| site-2 local" in md
-    for png in ("training_loss.png", "validation_dice.png"):
+    for png in ("training_loss.png", "validation_dice.png", "validation_dice_per_class.png", "cross_site_dice.png",
+                "case_dice_spread.png"):
         assert (run / png).stat().st_size > 10_000
+    # Per-case Dice of the global models, scored where the data is (this machine), by position, no names.
+    body = json.loads((run / "results.json").read_text())
+    assert set(body["per_case_dice"]) == {"final", "best (round 1)"}
+    assert [len(body["per_case_dice"]["final"][s]["spleen"]) for s in ("site-1", "site-2")] == [1, 2]
+    assert body["training_cases"] == {"site-1": 2, "site-2": 4}
+    assert body["overlays"] and all((run / name).stat().st_size > 30_000 for name in body["overlays"])
     # TensorBoard events from every site reached the server through NVFlare's tracking.
     events = list((result.workspace / "server" / "simulate_job").rglob("events.out.tfevents*"))
     assert {p.parent.name for p in events} >= {"site-1", "site-2"}

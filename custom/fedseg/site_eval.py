@@ -11,6 +11,7 @@ the overlay pictures name the site and the test case's position, never its file.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -89,7 +90,7 @@ def write_overlays(spec: TaskSpec, model: Path, data: list[SiteData], out_dir: P
     predictor = Predictor(spec, model, runtime)
     names = data[0].class_names[1:]
     written = []
-    safe_model = "".join(ch if ch.isalnum() else "_" for ch in model_label).strip("_")
+    safe_model = re.sub(r"[^0-9A-Za-z]+", "_", model_label).strip("_")  # "best (round 3)" -> best_round_3
     for site, k, case in picked:
         image, spacing = _canonical(case.image)
         reference, _ = _canonical(case.label)
