@@ -82,7 +82,8 @@ def figure_class_curves(steps: Sequence[int], series: Mapping[str, Mapping[str, 
     n = len(class_names)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = _figure(4.2 * cols + 0.6, 3.4 * rows + 0.5)
+    width = max(7.0, 4.2 * cols + 0.6)
+    fig = _figure(width, 3.4 * rows + 0.8)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, class_names):
         for line, per_class in series.items():
@@ -98,7 +99,7 @@ def figure_class_curves(steps: Sequence[int], series: Mapping[str, Mapping[str, 
     for ax in axes[n:]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(_wrap(title, int(width * 9)))
     return fig
 
 
@@ -115,7 +116,8 @@ def figure_heatmap(panels: Mapping[str, Mapping[str, Mapping[str, float | None]]
                    key=lambda s: (s == "pooled", s))
     cols = min(len(titles), 2)
     rows = math.ceil(len(titles) / cols) if titles else 1
-    fig = _figure(max(5.0, 1.25 * len(sites) + 2.6) * cols, (0.55 * len(models) + 1.6) * rows)
+    width = max(6.5, (1.25 * len(sites) + 2.6) * cols)
+    fig = _figure(width, (0.55 * len(models) + 1.6) * rows + 0.4)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     image = None
     for ax, panel in zip(axes, titles):
@@ -139,7 +141,7 @@ def figure_heatmap(panels: Mapping[str, Mapping[str, Mapping[str, float | None]]
         ax.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=axes[: len(titles)].tolist(), label="Dice", shrink=0.8)
-    fig.suptitle(title)
+    fig.suptitle(_wrap(title, int(width * 9)))
     return fig
 
 
@@ -180,7 +182,8 @@ def figure_case_spread(groups: Sequence[tuple[str, Mapping[str, Sequence[float |
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             ax.legend(handles[:1], labels[:1], fontsize=7, loc="lower right")
-    fig.suptitle(title + (f"\n{_wrap(note, int(width * 14))}" if note else ""), fontsize=10 if note else 12)
+    fig.suptitle(_wrap(title, int(width * 9)) + (f"\n{_wrap(note, int(width * 14))}" if note else ""),
+                 fontsize=10 if note else 12)
     return fig
 
 
