@@ -124,3 +124,22 @@ def test_overlays_show_reference_and_prediction(trained_spleen, tmp_path):
         pixels = mpimg.imread(str(path))
         assert path.stat().st_size > 30_000 and pixels.shape[1] > 1000 and pixels[..., :3].std() > 0.1
 
+
+
+def test_evaluate_at_a_site_writes_per_case_scores_spread_and_overlays(spleen_site, tmp_path, capsys):
+    """fedseg evaluate: what a site draws from a downloaded global model; per-case values carry no names."""
+    import json
+
+    from fedseg.checkpoint import save_model
+    from fedseg.networks import build_network
+
+    spec = get_task("spleen", "tiny")
+    model = save_model(tmp_path / "FL_global_model.pt", build_network(spec).state_dict(), spec)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--task", "spleen", "--model", str(model), "--site-config", str(spleen_site),
+                 "--out", str(out), "--overlays", "1", "--device", "cpu"]) == 0
+    body = json.loads((out / "evaluation.json").read_text())
+    assert body["site"] == "site-1" and len(body["per_case_dice"]["site-1"]["spleen"]) == 2  # the 2 test cases
+    assert "spleen_" not in json.dumps(body["per_case_dice"]) and ".nii" not in json.dumps(body["per_case_dice"])
+    assert sorted(p.name for p in out.glob("*.png")) == ["case_dice_spread.png", "overlay_FL_global_model_site-1_case1.png"]
+    assert "site-1 spleen: 2 case(s)" in capsys.readouterr().out
