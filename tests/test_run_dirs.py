@@ -48,6 +48,8 @@ def test_a_non_empty_folder_is_refused_unless_overwrite(tmp_path):
     (["jobs", "export", "--rounds", "0"], "--rounds"),
     (["data", "synth", "--task", "spleen", "--out", "d", "--cases", "zero"], "expected a whole number, got 'zero'"),
     (["data", "split", "--dataset", "d", "--sites", "0", "--out", "s"], "--sites"),
+    (["tune", "--task", "spleen", "--site-config", "s.yaml", "--trials", "0"], "--trials"),
+    (["evaluate", "--task", "spleen", "--model", "m", "--site-config", "s.yaml", "--overlays", "-1"], "--overlays"),
     (["infer", "--task", "spleen", "--model", "m", "--image", "i", "--out", "o", "--threads", "0"], "--threads"),
 ])
 def test_invalid_numbers_are_refused_in_one_line(argv, flag, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedseg.run_dirs import non_negative_float, non_negative_int, positive_int
 from fedseg.tasks import VARIANTS, get_task, task_names
 
 
@@ -32,12 +33,12 @@ def add_tune_command(subparsers) -> None:
     p.add_argument("--variant", default="full", choices=VARIANTS,
                    help="full: the card's recipe; tiny: small patches and channels for CPU")
     p.add_argument("--site-config", required=True, help="the site's YAML (training and validation cases)")
-    p.add_argument("--trials", type=int, default=8, help="settings to try (the first is the card's own)")
-    p.add_argument("--epochs", type=int, default=20, help="most epochs a trial trains")
-    p.add_argument("--grace-epochs", type=int, default=2, help="epochs before early stopping may end a trial")
+    p.add_argument("--trials", type=positive_int, default=8, help="settings to try (the first is the card's own)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="most epochs a trial trains")
+    p.add_argument("--grace-epochs", type=positive_int, default=2, help="epochs before early stopping may end a trial")
     p.add_argument("--optimizer", default=None, help="one of the task's optimizer choices")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/<task>_<site>_tune)")
     p.add_argument("--address", default=None, help="Ray cluster address (ray://host:port or auto)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0)
     p.set_defaults(func=cmd_tune)
