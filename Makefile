@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FEDSEG := $(VENV)/bin/fedseg
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast jobs bench bench-full clean
+.PHONY: demo test test-fast test-repeat jobs bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ test: $(STAMP)
 ## test-fast: the default suite only (a few minutes on CPU)
 test-fast: $(STAMP)
 	$(PY) -m pytest
+
+## test-repeat: the stochastic tests (or TESTS/SELECT) K times, one seed each; prints every test's pass rate
+K ?= 5
+TESTS ?= tests
+SELECT ?=
+test-repeat: $(STAMP)
+	$(PY) tests/repeat.py --runs $(K) $(if $(SELECT),-k "$(SELECT)") $(TESTS)
 
 ## jobs: regenerate the committed NVFlare job folders
 jobs: $(STAMP)

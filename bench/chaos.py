@@ -232,13 +232,13 @@ def run_scenario(fault: Fault, data_dir: Path, work: Path, *, python: str = sys.
     if fault.action == "remove_data":  # this scenario changes the data: give it a copy of its own
         import shutil
 
-        copy = run_dir / "data"
+        copy = run_dir.parent / f"{fault.name}_data"  # beside the run folder: fedseg simulate wants it empty
         if copy.exists():
             shutil.rmtree(copy)
         shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("splits"))
         data_dir = copy
     cmd = [python, "-m", "fedseg.cli", "simulate", "--task", "spleen", "--sites", "2", "--data", str(data_dir),
-           "--run-dir", str(run_dir), "--min-clients", str(fault.min_clients), *(args or JOB_ARGS)]
+           "--run-dir", str(run_dir), "--overwrite", "--min-clients", str(fault.min_clients), *(args or JOB_ARGS)]
     from fedseg.procs import ProcessTree
 
     start = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ from fedseg.tasks import get_task
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "tests" / "data" / "real"
 
+# CPU results depend on the thread count (reductions split differently): fixed, so runs repeat.
 torch.set_num_threads(2)
 logging.getLogger("fedseg").setLevel(logging.INFO)
+# Seed of the tests' trainings; tests/repeat.py (make test-repeat) varies it to measure pass rates.
+TRAIN_SEED = int(os.environ.get("FEDSEG_TEST_SEED", "0"))
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +74,8 @@ def trained_spleen(spleen_site, tmp_path_factory):
     spec = get_task("spleen", "tiny")
     site = load_site_config(spleen_site)
     data = open_site_data(spec, site)
-    engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=2), class_names=data.class_names, seed=0)
+    engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=2), class_names=data.class_names,
+                                seed=TRAIN_SEED)
     engine.train(engine.train_data(data.items("training")), iterations=TRAIN_ITERATIONS)
     path = save_model(tmp_path_factory.mktemp("model") / "spleen_tiny.pt", engine.get_weights(), spec)
     return engine, data, path

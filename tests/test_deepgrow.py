@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL, make_site, phantom_dataset
+from conftest import REAL, TRAIN_SEED, make_site, phantom_dataset
 from fedseg.checkpoint import save_model
 from fedseg.cli import main
 from fedseg.data.msd import write_dataset_json
@@ -61,7 +63,8 @@ def trained(organs, tmp_path_factory):
     site = load_site_config(make_site(tmp_path_factory.mktemp("dg_site"), "site-1", "deepgrow2d", organs,
                                       organs / "splits" / "site-1.json"))
     data = open_site_data(TINY, site)
-    engine = SegmentationEngine(TINY, Runtime.create("cpu", num_threads=2), class_names=data.class_names, seed=0)
+    engine = SegmentationEngine(TINY, Runtime.create("cpu", num_threads=2), class_names=data.class_names,
+                                seed=TRAIN_SEED)
     engine.train(engine.train_data(data.items("training")), iterations=TRAIN_ITERATIONS)
     path = save_model(tmp_path_factory.mktemp("dg_model") / "deepgrow2d_tiny.pt", engine.get_weights(), TINY)
     return engine, data, path
@@ -134,6 +137,32 @@ def test_one_training_step_runs_the_click_loop_and_updates_weights(organs, tmp_p
     assert (tmp_path / "cache" / "deepgrow2d").is_dir()  # derived slices stay in the site's cache_dir
 
 
+def test_training_and_scoring_repeat_exactly_for_a_seed(organs, tmp_path):
+    """The same seed and thread count give the same losses, weights and Dice after every click.
+
+    Covers every random source a run touches: weights, shuffling, the first click (in the loader,
+    also in a worker process), the number and place of training clicks, and scoring's clicks.
+    """
+    site = load_site_config(make_site(tmp_path, "site-1", "deepgrow2d", organs, organs / "splits" / "site-1.json",
+                                      cache_dir=str(tmp_path / "cache")))
+    data = open_site_data(TINY, site)
+    items, held_out = data.items("training")[:16], data.items("test")[::40]
+    few_clicks = replace(TINY, interaction=replace(TINY.interaction, train_clicks=3, eval_clicks=(1, 3)))
+
+    def run(seed: int, workers: int = 0):
+        runtime = Runtime.create("cpu", num_threads=2, num_workers=workers)
+        engine = SegmentationEngine(few_clicks, runtime, class_names=data.class_names, seed=seed)
+        result = engine.train(engine.train_data(items), iterations=3)
+        return result, engine.evaluate(engine.eval_data(held_out)).as_metrics("test")
+
+    (a, dice_a), (b, dice_b), (c, dice_c) = run(5), run(5), run(6)
+    assert a.epoch_losses == b.epoch_losses and dice_a == dice_b
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert a.epoch_losses != c.epoch_losses and dice_a != dice_c  # the seed does reach every source
+    (w, dice_w), (v, dice_v) = run(5, workers=1), run(5, workers=1)
+    assert w.epoch_losses == v.epoch_losses and dice_w == dice_v
+
+
 class FixedMask(torch.nn.Module):
     """A "network" whose prediction ignores its input: a fixed mask per batch position."""
 
@@ -182,12 +211,70 @@ def test_clicks_land_where_prediction_and_label_disagree():
     assert len(neg) == 1 and labels[0, 0, neg[0][1], neg[0][2]] == 0
 
 
+# Bars for the tiny recipe trained as `trained` does, set from 10 trainings (seeds 0-9, table and
+# spread in the README, "Deepgrow 2D"), each well clear of the worst of them; checked on further
+# seeds with `make test-repeat`.
+MIN_DICE_ONE_CLICK = 0.62  # mean over organs after the first click; worst run 0.716, sd 0.02
+MIN_GAIN_PER_ORGAN = 0.02  # every organ, Dice after 15 clicks minus after 1; worst run 0.051
+# An organ's mean Dice from n to n + 1 clicks may fall this much: noise (the paired standard error
+# of one step is 0.004 for the median organ and step, 0.017 at most; no fall in the 10 runs is
+# beyond 1.7 of them; the worst, 0.029, is twice the next). The old recipe's kidneys lost 0.11
+# from 1 to 15 clicks a little at each step: MIN_GAIN_PER_ORGAN is what catches that.
+MAX_FALL_PER_CLICK = 0.06
+ANNOTATE_MIN_GAIN_PER_ORGAN = 0.01  # the same gain through fedseg annotate's path; worst run 0.050
+ANNOTATE_EVERY = 3  # every third slice of each organ (9 to 18 slices per organ)
+
+
+def _record(name: str, values: dict) -> None:
+    """Keep a test's measurements where tests/repeat.py asks for them (FEDSEG_TEST_RECORD)."""
+    folder = os.environ.get("FEDSEG_TEST_RECORD")
+    if folder:
+        Path(folder, f"{name}.json").write_text(json.dumps({"seed": TRAIN_SEED, **values}, indent=1))
+
+
+def _falls(curve: dict[str, list[float]]) -> dict[str, float]:
+    """Each organ's largest fall of mean Dice from one click count to the next (0 when it never falls)."""
+    return {o: max([0.0] + [a - b for a, b in zip(v, v[1:])]) for o, v in curve.items()}
+
+
+@pytest.mark.stochastic
 def test_trained_model_segments_held_out_slices_and_clicks_help(trained):
+    """Every organ gains from 1 to 15 clicks, and no further click lowers an organ's Dice beyond noise."""
     engine, data, _ = trained
-    scores = engine.evaluate(engine.eval_data(data.items("test")))
-    one, fifteen = scores.curve[1].mean, scores.curve[15].mean
-    assert one > 0.55, scores.curve_table()
-    assert fifteen > one + 0.03, scores.curve_table()
+    every_click = replace(TINY, interaction=replace(TINY.interaction, eval_clicks=tuple(range(1, 16))))
+    held_out = engine.eval_data(data.items("test"))
+    samples = [held_out.dataset[i] for i in range(len(held_out.dataset))]
+    objects = [int(item["region"]) - 1 for item in held_out.dataset.data]
+    scores = ClickSimulator(every_click, engine.seed).score(engine.network, samples, objects, data.class_names[1:],
+                                                            engine.runtime.device)
+    curve = {o: [scores.curve[n].per_class()[o] for n in range(1, 16)] for o in data.class_names[1:]}
+    table = scores.curve_table()
+    _record("deepgrow_clicks", {"curve": curve, "mean": [scores.curve[n].mean for n in range(1, 16)]})
+    assert scores.curve[1].mean > MIN_DICE_ONE_CLICK, table
+    gains = {o: v[-1] - v[0] for o, v in curve.items()}
+    assert min(gains.values()) > MIN_GAIN_PER_ORGAN, (gains, table)
+    assert max(_falls(curve).values()) < MAX_FALL_PER_CLICK, (_falls(curve), table)
+
+
+@pytest.mark.stochastic
+def test_clicks_through_annotate_help_every_organ(trained):
+    """fedseg annotate's path (the file's own grid, crop around the clicks) gains from 1 to 15 clicks too."""
+    _, data, model = trained
+    annotator = Annotator(TINY, model, Runtime.create("cpu", num_threads=2))
+    case = data.datalist.items("test")[0]
+    image = nib.load(case["image"])
+    label = np.asarray(nib.load(case["label"]).dataobj)
+    pixel_mm2 = float(np.prod(image.header.get_zooms()[:2]))
+    curve = {}
+    for value, organ in enumerate(data.class_names[1:], start=1):
+        # The slices that would be samples (objects over the smallest clickable area), every few.
+        slices = [z for z in range(label.shape[2])
+                  if (label[..., z] == value).sum() * pixel_mm2 >= TINY.interaction.min_area_mm2][::ANNOTATE_EVERY]
+        runs = [annotator.click_curve(case["image"], z, label[..., z] == value, clicks=15, seed=z) for z in slices]
+        curve[organ] = np.mean(runs, axis=0).tolist()
+    _record("deepgrow_annotate", {"curve": curve})
+    gains = {o: v[-1] - v[0] for o, v in curve.items()}
+    assert min(gains.values()) > ANNOTATE_MIN_GAIN_PER_ORGAN, (gains, curve)
 
 
 # Click-driven inference ----------------------------------------------------------------------

@@ -345,7 +345,7 @@ def test_infer_on_a_dicom_series_writes_a_seg_on_the_source_slices(untrained_spl
     # The NIfTI path is unchanged, and a SEG needs DICOM input.
     save_nifti(tmp_path / "ct.nii.gz", image, affine)
     assert main([*args, "--image", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "m.dcm")]) == 2
-    assert "a DICOM SEG needs a DICOM series folder as --image" in capsys.readouterr().err
+    assert "a DICOM SEG, needs a DICOM series folder as --image" in capsys.readouterr().err
 
 
 def test_infer_refuses_a_folder_with_several_series(untrained_spleen_model, tmp_path, capsys):

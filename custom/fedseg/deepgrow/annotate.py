@@ -10,6 +10,7 @@ same way back.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,13 +109,23 @@ class Annotator:
 
     def segment_slice(self, image_path: Path, z: int, fg: list[Point], bg: list[Point] = ()) -> np.ndarray:
         """The clicked object's mask (bool, the slice's own x-by-y pixel grid) on slice ``z``."""
+        raw, frame = self.load_slice(image_path, z)  # refuses a slice outside the image
+        check_clicks(Path(image_path), (*raw.shape, z + 1), z, list(fg), list(bg))
+        return self.segment(raw, frame, fg, bg)
+
+    def load_slice(self, image_path: Path, z: int) -> tuple[np.ndarray, SliceFrame]:
+        """Slice ``z`` of a checked image (the file's x-by-y grid) and how it maps to the model's axes."""
         image_path = Path(image_path)
         check_image_file(image_path, self.spec).raise_if_fatal(f"cannot annotate {image_path}", "annotation")
         img = nib.load(str(image_path))
-        shape = img.shape[:3]
-        check_clicks(image_path, shape, z, list(fg), list(bg))
+        if not 0 <= z < img.shape[2]:
+            raise ClickError(f"slice {z} is outside {image_path}, which has slices 0..{img.shape[2] - 1}")
         frame = SliceFrame.of(img.affine, image_path)
         raw = np.asarray(img.dataobj[..., z] if len(img.shape) == 3 else img.dataobj[:, :, z, 0], dtype=np.float32)
+        return raw, frame
+
+    def segment(self, raw: np.ndarray, frame: SliceFrame, fg: list[Point], bg: list[Point] = ()) -> np.ndarray:
+        """The mask (bool, ``raw``'s grid) of the object clicked on the slice ``raw`` (from :meth:`load_slice`)."""
         native = frame.to_model(raw)
         # Resample to the task's pixel spacing.
         scale = [s / t for s, t in zip(frame.spacing, self.spec.spacing)]
@@ -126,7 +137,7 @@ class Annotator:
             return np.array([(q[k] + 0.5) * scale[k] - 0.5 for k in range(2)])
 
         pos, neg = [to_grid(p) for p in fg], [to_grid(p) for p in bg]
-        start, window = self._window(np.array(pos + neg), size)
+        start, window = self._window(np.array(pos), size)
         mask_window = self._predict(grid, start, window, pos, neg)
         canvas = torch.zeros(size)
         lo = np.maximum(start, 0)
@@ -135,8 +146,46 @@ class Annotator:
         back = _resize(canvas, native.shape, "nearest") > 0.5
         return frame.from_model(back.numpy())
 
+    def click_curve(self, image_path: Path, z: int, mask: np.ndarray, clicks: int = 15, seed: int = 0) -> list[float]:
+        """Dice on slice ``z`` after each of ``clicks`` simulated clicks at the object ``mask`` (the slice's grid).
+
+        The simulated annotator is the one training and validation use (:mod:`fedseg.deepgrow.clicks`):
+        a first click inside the object, then each click in the larger of the missed and the wrongly
+        included region, deepest point most likely; here every click goes through this class, as a
+        person's would through ``fedseg annotate``.
+        """
+        from monai.apps.deepgrow.transforms import AddInitialSeedPointd, AddRandomGuidanced, FindDiscrepancyRegionsd
+
+        raw, frame = self.load_slice(image_path, z)
+        label = np.asarray(mask, dtype=np.float32)[None]
+        if label.shape[1:] != raw.shape:
+            raise ValueError(f"mask shape {label.shape[1:]} is not the slice's {raw.shape}")
+        seed_click, corrective = AddInitialSeedPointd(), AddRandomGuidanced()
+        seed_click.set_random_state(seed)
+        corrective.set_random_state(seed)
+        fg: list[Point] = [(int(p[1]), int(p[2])) for p in json.loads(seed_click({"label": label})["guidance"])[0]
+                           if min(p) >= 0]
+        bg: list[Point] = []
+        curve = []
+        for n in range(1, clicks + 1):
+            pred = self.segment(raw, frame, fg, bg)
+            inter, total = float((pred & (label[0] > 0)).sum()), float(pred.sum() + (label[0] > 0).sum())
+            curve.append(1.0 if total == 0 else 2 * inter / total)
+            if n < clicks:
+                discrepancy = FindDiscrepancyRegionsd.disparity(label, pred[None].astype(np.float32))
+                pos, neg = corrective.add_guidance(discrepancy, True)
+                if pos:
+                    fg.append((int(pos[1]), int(pos[2])))
+                elif neg:
+                    bg.append((int(neg[1]), int(neg[2])))
+        return curve
+
     def _window(self, points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """A crop at least the network's input in size, centred on the clicks (margin: a quarter of the input)."""
+        """A crop at least the network's input in size, centred on the foreground clicks (margin: a quarter of the input).
+
+        Background clicks do not widen it: one far from the object would shrink the object below the
+        scale the model learnt (they can only be where the model marked something, inside the window).
+        """
         patch = np.array(self.spec.patch_size)
         margin = patch // 4
         lo, hi = np.floor(points.min(0)) - margin, np.ceil(points.max(0)) + margin + 1
@@ -160,7 +209,12 @@ class Annotator:
             q = (p - start + 0.5) * np.array(patch) / window - 0.5
             return [int(np.clip(round(q[k]), 0, patch[k] - 1)) for k in range(2)]
 
-        guidance = [[to_patch(p) for p in pos], [to_patch(p) for p in neg]]
+        def inside(p: np.ndarray) -> bool:
+            return bool(np.all(p >= start - 0.5) and np.all(p < start + window - 0.5))
+
+        # A background click outside the window says nothing the model could use (it predicts nothing
+        # there); clamped onto the window's edge it would mark a place the user never clicked.
+        guidance = [[to_patch(p) for p in pos], [to_patch(p) for p in neg if inside(p)]]
         sample = self.signal({IMAGE: image[None].numpy(), GUIDANCE: guidance})
         x = torch.as_tensor(sample[IMAGE])[None].to(self.engine.runtime.device)
         network = self.engine.network

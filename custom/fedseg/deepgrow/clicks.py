@@ -81,18 +81,25 @@ class ClickSimulator:
             raise ValueError(f"task {spec.name!r} is not interactive")
         self.spec, self.seed = spec, seed
         self._find = FindDiscrepancyRegionsd(label=LABEL, pred=PRED, discrepancy=DISCREPANCY)
-        self._click = AddRandomGuidanced(guidance=GUIDANCE, discrepancy=DISCREPANCY, probability=PROBABILITY)
-        self._click.set_random_state(seed)
+        # Training and scoring draw from separate random states, so that scoring (which restarts
+        # its own at every evaluation) never changes the clicks training gets next.
+        self._train_click = AddRandomGuidanced(guidance=GUIDANCE, discrepancy=DISCREPANCY, probability=PROBABILITY)
+        self._train_click.set_random_state(seed_from(seed, 1))
+        self._eval_click = AddRandomGuidanced(guidance=GUIDANCE, discrepancy=DISCREPANCY, probability=PROBABILITY)
         self._signal = AddGuidanceSignald(image=IMAGE, guidance=GUIDANCE, sigma=spec.interaction.sigma)
 
     def click(self, images: torch.Tensor, labels: torch.Tensor, guidance: list[str], probs: torch.Tensor,
-              probability: float) -> tuple[torch.Tensor, list[str]]:
-        """One more click per sample (each with ``probability``), where ``probs`` disagrees with ``labels``."""
+              probability: float = 1.0, *, scoring: bool = False) -> tuple[torch.Tensor, list[str]]:
+        """One more click per sample (each with ``probability``), where ``probs`` disagrees with ``labels``.
+
+        ``scoring`` draws from the evaluation's random state instead of training's.
+        """
+        clicker = self._eval_click if scoring else self._train_click
         new_images, new_guidance = [], []
         for b, g in enumerate(guidance):
             d = {IMAGE: images[b].cpu().numpy(), LABEL: labels[b].cpu().numpy(), GUIDANCE: g,
                  PRED: probs[b].float().cpu().numpy(), PROBABILITY: probability}
-            d = self._signal(self._click(self._find(d)))
+            d = self._signal(clicker(self._find(d)))
             new_images.append(torch.as_tensor(d[IMAGE]))
             new_guidance.append(d[GUIDANCE])
         return torch.stack(new_images).to(images.device), new_guidance
@@ -102,8 +109,8 @@ class ClickSimulator:
                  guidance: list[str]) -> torch.Tensor:
         """Before a training step: ``train_clicks`` rounds of predict-and-click, each less likely to click.
 
-        As in MONAI's ``Interaction``, click j of n happens with probability 1 - j/n, so the model
-        trains on inputs with anywhere from one to n clicks.
+        As in MONAI's ``Interaction``, click j of n (from 0) happens with probability 1 - j/n: the
+        model trains on inputs with 2 to n + 1 clicks, the seed click included.
         """
         n = self.spec.interaction.train_clicks
         was_training = network.training
@@ -119,7 +126,7 @@ class ClickSimulator:
               device: torch.device, label: str = "evaluate") -> ClickDiceScores:
         """Dice after each of the spec's ``eval_clicks`` on preprocessed samples (first click drawn per sample)."""
         it = self.spec.interaction
-        self._click.set_random_state(self.seed)  # the same clicks at every evaluation
+        self._eval_click.set_random_state(self.seed)  # the same clicks at every evaluation
         seed_point = AddInitialSeedPointd(label=LABEL, guidance=GUIDANCE)
         scores = ClickDiceScores(class_names)
         progress = Progress(label, len(samples))
@@ -139,7 +146,7 @@ class ClickSimulator:
                     for d, v in zip(dice, binary_dice(probs, labels)):
                         d[n] = v
                 if n < it.max_eval_clicks:
-                    images, guidance = self.click(images, labels, guidance, probs, 1.0)
+                    images, guidance = self.click(images, labels, guidance, probs, scoring=True)
             for k, d in enumerate(dice):
                 scores.add_sample(objects[start + k], d)
             progress.update(start + len(chunk))

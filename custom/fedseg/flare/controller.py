@@ -230,6 +230,8 @@ class ConsortiumRounds:
 
     def _get_aggregated_result(self) -> FLModel:
         r = self._round
+        if r is None:  # aggregation outside a sent round (bench/aggregation.py): no bookkeeping to do
+            return super()._get_aggregated_result()
         unanswered = sorted(set(r.targets) - r.responded)
         # Sites still working when the round was closed for want of the minimum are not at fault.
         cut_short = [s for s in unanswered if not self._is_silent(s)] if r.unreachable else []
