@@ -58,10 +58,13 @@ FAULTS = {f.name: f for f in (
           description="SIGKILL site-2 as it sends its round-2 update, minimum 1 site"),
     Fault("kill_cross_site", "kill", r"Beginning model validation",
           description="SIGKILL site-2 during cross-site evaluation, minimum 1 site"),
-    Fault("stop_resume", "stop", r"fedseg site-2 round 2: training", hold_s=25.0,
-          description="SIGSTOP site-2 for 25 s (beyond grace and heartbeat timeout), then SIGCONT"),
-    Fault("network_cut", "cut", r"fedseg site-2 round 2: training", hold_s=25.0,
-          description="abort every TCP connection of site-2 for 25 s, then let it reconnect"),
+    # Holds just beyond the heartbeat timeout (12 s) and grace (8 s): rounds without site-2 take
+    # 2-3 s, so a longer hold leaves too few of the 12 rounds for the site to rejoin in (a 25 s cut
+    # once came back in round 10 of 12 and missed both, under load).
+    Fault("stop_resume", "stop", r"fedseg site-2 round 2: training", hold_s=16.0,
+          description="SIGSTOP site-2 for 16 s (beyond grace and heartbeat timeout), then SIGCONT"),
+    Fault("network_cut", "cut", r"fedseg site-2 round 2: training", hold_s=16.0,
+          description="abort every TCP connection of site-2 for 16 s, then let it reconnect"),
     Fault("data_removed", "remove_data", r"fedseg site-2 round 2: training",
           description="delete one of site-2's training images mid-job (the site must notice and leave)"),
 )}

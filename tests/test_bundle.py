@@ -15,6 +15,7 @@ import torch
 
 from conftest import REAL
 from fedseg.bundle import export_bundle, inference_config
+from fedseg.cli import main
 from fedseg.errors import CheckpointError
 from fedseg.tasks import get_task
 from fedseg.transforms import eval_transforms
@@ -25,8 +26,19 @@ SCHEMA = Path(__file__).parent / "data" / "bundle_meta_schema.json"
 
 @pytest.fixture(scope="module")
 def bundle(trained_spleen, tmp_path_factory) -> Path:
+    """Written by ``fedseg export``, as a user would (the variant found from the model file)."""
     _, _, model = trained_spleen
-    return export_bundle(SPEC, model, tmp_path_factory.mktemp("bundle") / "spleen_tiny")
+    out = tmp_path_factory.mktemp("bundle") / "spleen_tiny"
+    assert main(["export", "--task", "spleen", "--model", str(model), "--out", str(out)]) == 0
+    return out
+
+
+def test_export_never_writes_over_an_earlier_bundle(bundle, trained_spleen, capsys):
+    _, _, model = trained_spleen
+    args = ["export", "--task", "spleen", "--model", str(model), "--out", str(bundle)]
+    assert main(args) == 2 and "not empty" in capsys.readouterr().err
+    (bundle / "models" / "model.ts").unlink()
+    assert main([*args, "--overwrite"]) == 0 and (bundle / "models" / "model.ts").is_file()
 
 
 def test_the_bundle_holds_metadata_config_weights_and_torchscript(bundle):

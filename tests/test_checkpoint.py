@@ -143,3 +143,24 @@ def test_a_job_exported_with_an_initial_model_ships_it_for_the_servers_persistor
     wrong = save_model(tmp_path / "full.pt", build_network(get_task("spleen")).state_dict(), get_task("spleen"))
     with pytest.raises(CheckpointError, match="does not fit"):
         export_job(JobSpec("spleen", num_rounds=2), tmp_path / "jobs2", initial_weights=wrong)
+
+
+def test_train_init_starts_from_the_given_model_and_refuses_one_that_does_not_fit(trained_spleen, spleen_site,
+                                                                                   tmp_path, capsys):
+    import json
+
+    from fedseg.cli import main
+
+    engine, data, model = trained_spleen
+    trained = engine.evaluate(engine.eval_data(data.items("validation"))).mean
+    args = ["train", "--task", "spleen", "--variant", "tiny", "--site-config", str(spleen_site), "--epochs", "1",
+            "--val-every", "1", "--tracking", "none"]
+    assert main([*args, "--init", str(model), "--out", str(tmp_path / "pre")]) == 0
+    assert main([*args, "--out", str(tmp_path / "scratch")]) == 0
+    pre, scratch = (json.loads((tmp_path / run / "results.json").read_text())["history"][0]["val_dice"]
+                    for run in ("pre", "scratch"))
+    # One epoch from the trained model keeps most of its Dice; one epoch from random weights has little.
+    assert pre > max(trained - 0.2, scratch + 0.2), (trained, pre, scratch)
+    wrong = save_model(tmp_path / "full.pt", build_network(get_task("spleen")).state_dict(), get_task("spleen"))
+    assert main([*args, "--init", str(wrong), "--out", str(tmp_path / "refused")]) == 2
+    assert "does not fit" in capsys.readouterr().err and not (tmp_path / "refused").exists()

@@ -31,32 +31,10 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 # data -------------------------------------------------------------------------------------------
-def _phase_mix(text: str) -> dict[str, float]:
-    """``--phases``: a contrast-phase mix such as ``portal-venous=0.7,arterial=0.1`` (one usage line if wrong)."""
-    from fedseg.data.phantoms.phases import parse_phase_mix
-
-    try:
-        return parse_phase_mix(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _share(text: str) -> float:
-    """A number between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, not {text!r}")
-    return value
-
-
 def cmd_data_synth(a) -> int:
     from fedseg.data.synth import synthesize
 
-    info = synthesize(a.task, Path(a.out), a.cases, seed=a.seed, workers=a.workers, phases=a.phases,
-                      randomise=a.randomise)
+    info = synthesize(a.task, Path(a.out), a.cases, seed=a.seed, workers=a.workers)
     print(f"wrote {info.num_training} {a.task} phantoms to {a.out} (labels: {', '.join(info.labels)})")
     return 0
 
@@ -154,6 +132,13 @@ def cmd_train(a) -> int:
         raise FedsegError("give --site-config SITE.yaml (one site) or --pooled SITE.yaml ... (centralized)")
     sites = [load_site_config(Path(p)) for p in paths]
     mode = "pooled" if a.pooled else sites[0].site
+    init = None
+    if a.init:
+        if a.backend == "ray":
+            raise FedsegError("--init starts a local run (--backend local); a Ray run starts from random weights")
+        from fedseg.checkpoint import load_initial_model
+
+        init = load_initial_model(Path(a.init), spec)  # refused, mismatches listed, before any folder is made
     if a.resume:
         if a.backend != "ray":
             raise FedsegError("--resume continues a stopped Ray run: add --backend ray")
@@ -171,7 +156,7 @@ def cmd_train(a) -> int:
     else:
         runtime = Runtime.for_site(sites[0], device=a.device, num_threads=a.threads)
         result = run_local(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, runtime=runtime,
-                           tracking=a.tracking)
+                           tracking=a.tracking, init_weights=init)
     print(result.table())
     best = (f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}" if result.best_epoch
             else "no validation score: no best model")
@@ -246,6 +231,20 @@ def cmd_infer(a) -> int:
             written = [predictor.segment(image, out, check=False)]
         counter = f"[{k}/{len(pairs)}] " if len(pairs) > 1 else ""
         print(f"{counter}{image}: wrote {', '.join(str(p) for p in written)}", flush=True)
+    return 0
+
+
+def cmd_export(a) -> int:
+    """A trained model as a MONAI bundle (metadata, inference config, weights, TorchScript)."""
+    from fedseg.bundle import export_bundle
+    from fedseg.run_dirs import claim_run_dir
+
+    model = Path(a.model)
+    spec = get_task(a.task, a.variant or detect_variant(a.task, model))
+    out = claim_run_dir(Path(a.out), overwrite=a.overwrite, replaced=("configs", "models"))
+    export_bundle(spec, model, out, run_dir=Path(a.run_dir) if a.run_dir else None)
+    print(f"wrote MONAI bundle {out} (run it: python -m monai.bundle run --config_file {out}/configs/inference.json "
+          f"--bundle_root {out} --dataset_dir IMAGES --output_dir OUT)", flush=True)
     return 0
 
 
@@ -481,11 +480,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=positive_int, default=20)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--workers", type=positive_int, default=1, help="processes drawing phantoms in parallel")
-    p.add_argument("--phases", type=_phase_mix, default=None, metavar="MIX",
-                   help="CT contrast-phase mix, e.g. portal-venous=0.7,arterial=0.1,delayed=0.1,non-contrast=0.1 "
-                        "(the default; phases: non-contrast, arterial, portal-venous, delayed; shares normalised)")
-    p.add_argument("--randomise", type=_share, default=None, metavar="SHARE",
-                   help="CT: share of cases whose tissue HUs are drawn at random (domain randomisation)")
     p.set_defaults(func=cmd_data_synth)
     p = data.add_parser("split", help="write one Decathlon datalist per site and a pooled site-All list")
     p.add_argument("--dataset", required=True, help="dataset root holding dataset.json")
@@ -529,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder (default: a new runs/<task>_<site|pooled>_<backend>_<date-time>); "
                         "refused if it holds anything, unless --overwrite")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run's files")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from a model (fedseg or NVFlare model file, or a MONAI bundle) instead of random weights")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--workers", type=positive_int, default=2, help="Ray workers (with --backend ray)")
     p.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0)
@@ -550,6 +546,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "it; or a folder (existing, or ending in /) receiving <input name>_mask.nii.gz per input")
     _runtime_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("export", help="a trained model as a MONAI bundle (configs/metadata.json, configs/inference.json, "
+                                      "models/model.pt, models/model.ts)")
+    _task_args(p, variant_default=None)
+    p.add_argument("--model", required=True, help="a fedseg or NVFlare model file (e.g. a job's best global model)")
+    p.add_argument("--out", required=True, help="the bundle folder (refused if it holds anything, unless --overwrite)")
+    p.add_argument("--run-dir", default=None,
+                   help="the run the model came from: its rounds, site count and job go into the metadata (no names)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="at a site: a model's Dice per test case, its spread and overlay pictures "
                                         "(e.g. a downloaded global model; nothing is sent anywhere)")

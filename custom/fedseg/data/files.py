@@ -85,7 +85,15 @@ def read_json_bounded(path: Path, what: str, *, max_bytes: int = MAX_JSON_BYTES,
         raise DataError(f"{path}: {what} is {info.st_size:,} bytes; at most {max_bytes:,} are read")
     try:
         with open(path, "rb") as fh:
-            raw = fh.read(max_bytes + 1)
+            # In chunks: read(max_bytes + 1) would allocate the whole 64 MB bound up front.
+            parts, got = [], 0
+            while got <= max_bytes:
+                part = fh.read(min(1 << 20, max_bytes + 1 - got))
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+            raw = b"".join(parts)
     except OSError as exc:
         raise DataError(f"{path}: cannot read {what} ({exc.strerror})") from None
     if len(raw) > max_bytes:  # the file grew after stat

@@ -12,6 +12,9 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+import torch
 
 from fedseg.checkpoint import load_model, save_model
 from fedseg.engine import Runtime, SegmentationEngine
@@ -46,8 +49,12 @@ def check_same_classes(sites: list[SiteData]) -> tuple[str, ...]:
 
 
 def run_local(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: int, val_every: int = 1,
-              seed: int = 0, runtime: Runtime | None = None, tracking: str | None = None) -> LocalRunResult:
+              seed: int = 0, runtime: Runtime | None = None, tracking: str | None = None,
+              init_weights: Mapping[str, torch.Tensor] | None = None) -> LocalRunResult:
     """Train on the pooled training cases of ``sites``; write models and ``results.json`` to ``out_dir``.
+
+    ``init_weights`` (from :func:`fedseg.checkpoint.load_initial_model`) replaces the seeded random
+    start: a pretrained start.
 
     ``tracking`` (``tensorboard``, ``mlflow``, ``none``; default TensorBoard when installed) receives
     the training loss, learning rate and validation metrics at every validation, stepped by epoch.
@@ -60,6 +67,8 @@ def run_local(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs:
     data = [open_site_data(spec, s) for s in sites]
     class_names = check_same_classes(data)
     engine = SegmentationEngine(spec, runtime, class_names=class_names, seed=seed)
+    if init_weights is not None:
+        engine.set_weights(init_weights)
     train_items = [it for d in data for it in d.items("training")]
     train = engine.train_data(train_items)
     val = engine.eval_data([it for d in data for it in d.items("validation")])
