@@ -10,6 +10,7 @@ the scan keeps only what the checks need (range, non-finite count, foreground bo
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
@@ -18,7 +19,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -129,6 +130,21 @@ def _read(fh: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+@contextlib.contextmanager
+def _stream(path: Path, compressed: bool, what: str) -> Iterator[BinaryIO]:
+    """The file as a (decompressing) stream, closed on exit; read errors become named problems."""
+    try:
+        fh = _open(path, compressed)
+        try:
+            yield fh
+        finally:
+            _close(fh)
+    except FileProblem:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _stream_errors(what, exc) from None
+
+
 def _stream_errors(what: str, exc: Exception) -> FileProblem:
     if isinstance(exc, EOFError):
         return FileProblem("truncated_file", f"{what} ends early, the file is truncated ({exc})")
@@ -177,26 +193,18 @@ def read_header(path: Path, what: str) -> NiftiHeader:
         raise FileProblem("not_nifti", f"{what} is named .gz but holds {looks}, not gzip-compressed NIfTI")
     if not compressed and start.startswith(GZIP_MAGIC):
         raise FileProblem("not_nifti", f"{what} is named .nii but is gzip-compressed: name it .nii.gz")
-    try:
-        fh = _open(path, compressed)
-        try:
-            head = _read(fh, nib.Nifti2Header.sizeof_hdr + 4)
-            klass = _header_class(head)
-            if klass is None:
-                if len(head) < nib.Nifti1Header.sizeof_hdr:
-                    raise FileProblem("truncated_file", f"{what} ends inside the NIfTI header ({len(head)} bytes)")
-                raise FileProblem("not_nifti", f"{what} is not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
-            declared = float(klass(head[: klass.sizeof_hdr], check=False)["vox_offset"])
-            if not np.isfinite(declared) or declared > MAX_HEADER_BYTES:
-                raise FileProblem("bad_header", f"{what} declares its voxels start after {declared:,.0f} bytes of "
-                                                f"header extensions; at most {MAX_HEADER_BYTES:,} are read")
-            head += _read(fh, max(int(declared) - len(head), 0))
-        finally:
-            _close(fh)
-    except FileProblem:
-        raise
-    except (OSError, EOFError, zlib.error) as exc:
-        raise _stream_errors(what, exc) from None
+    with _stream(path, compressed, what) as fh:
+        head = _read(fh, nib.Nifti2Header.sizeof_hdr + 4)
+        klass = _header_class(head)
+        if klass is None:
+            if len(head) < nib.Nifti1Header.sizeof_hdr:
+                raise FileProblem("truncated_file", f"{what} ends inside the NIfTI header ({len(head)} bytes)")
+            raise FileProblem("not_nifti", f"{what} is not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+        declared = float(klass(head[: klass.sizeof_hdr], check=False)["vox_offset"])
+        if not np.isfinite(declared) or declared > MAX_HEADER_BYTES:
+            raise FileProblem("bad_header", f"{what} declares its voxels start after {declared:,.0f} bytes of "
+                                            f"header extensions; at most {MAX_HEADER_BYTES:,} are read")
+        head += _read(fh, max(int(declared) - len(head), 0))
     try:
         header = klass.from_fileobj(io.BytesIO(head), check=False)
         check_voxel_type(header, what)
@@ -262,29 +270,21 @@ def scan_voxels(hdr: NiftiHeader, what: str, *, threshold: float | None, collect
     n_channels = int(np.prod(hdr.shape[3:], dtype=np.int64)) if len(hdr.shape) > 3 else 1
     stats = VolumeStats([ChannelStats() for _ in range(n_channels)], collect_values=collect_values)
     per_chunk = max(1, CHUNK_VOXELS // plane)
-    try:
-        fh = _open(hdr.path, hdr.compressed)
-        try:
-            _skip(fh, hdr)
-            for c in range(n_channels):
-                scan = _ChannelScan(stats, stats.channels[c], (nx, ny), threshold, block)
-                for z in range(0, nz, per_chunk):
-                    n = min(per_chunk, nz - z) * plane
-                    raw = _read(fh, n * hdr.dtype.itemsize)
-                    if len(raw) < n * hdr.dtype.itemsize:
-                        got = (c * nz + z) * plane + len(raw) // hdr.dtype.itemsize
-                        raise FileProblem("truncated_file", f"{what} holds {got:,} of the {hdr.n_voxels:,} voxels "
-                                                            f"its header declares: the file is truncated")
-                    chunk = np.frombuffer(raw, dtype=hdr.dtype)
-                    if hdr.slope != 1.0 or hdr.inter != 0.0:
-                        chunk = chunk * hdr.slope + hdr.inter  # float64, as nibabel scales
-                    scan.add(chunk, z)
-        finally:
-            _close(fh)
-    except FileProblem:
-        raise
-    except (OSError, EOFError, zlib.error) as exc:
-        raise _stream_errors(what, exc) from None
+    with _stream(hdr.path, hdr.compressed, what) as fh:
+        _skip(fh, hdr)
+        for c in range(n_channels):
+            scan = _ChannelScan(stats, stats.channels[c], (nx, ny), threshold, block)
+            for z in range(0, nz, per_chunk):
+                n = min(per_chunk, nz - z) * plane
+                raw = _read(fh, n * hdr.dtype.itemsize)
+                if len(raw) < n * hdr.dtype.itemsize:
+                    got = (c * nz + z) * plane + len(raw) // hdr.dtype.itemsize
+                    raise FileProblem("truncated_file", f"{what} holds {got:,} of the {hdr.n_voxels:,} voxels "
+                                                        f"its header declares: the file is truncated")
+                chunk = np.frombuffer(raw, dtype=hdr.dtype)
+                if hdr.slope != 1.0 or hdr.inter != 0.0:
+                    chunk = chunk * hdr.slope + hdr.inter  # float64, as nibabel scales
+                scan.add(chunk, z)
     return stats
 
 
