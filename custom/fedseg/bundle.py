@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fedseg.checkpoint import load_model, read_model_file
+from fedseg.checkpoint import read_model_file, state_for
 from fedseg.tasks.spec import TaskSpec
 
 META_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
@@ -139,9 +139,9 @@ def _channel_names(spec: TaskSpec) -> list[str]:
     return ["T2", "ADC"][: spec.in_channels] if spec.in_channels == 2 else [spec.modality]
 
 
-def model_provenance(model_path: Path, run_dir: Path | None = None) -> dict:
-    """What trained the model, with no site names or paths: the model file's own record, and a run's results."""
-    payload = read_model_file(model_path)
+def model_provenance(payload: dict, run_dir: Path | None = None) -> dict:
+    """What trained the model, with no site names or paths: the model file's own record (``payload``, from
+    :func:`~fedseg.checkpoint.read_model_file`), and a run's results."""
     meta = payload.get("meta_props") if isinstance(payload.get("meta_props"), dict) else {}
     out: dict[str, Any] = {}
     for key in ("epoch", "round"):
@@ -167,13 +167,14 @@ def export_bundle(spec: TaskSpec, model_path: Path, out_dir: Path, *, class_name
     """Write a MONAI bundle for ``spec``'s network with the weights in ``model_path`` (refused if they do not fit)."""
     from monai.bundle import ckpt_export
 
-    state = load_model(model_path, spec)
+    payload = read_model_file(model_path)
+    state = state_for(payload, spec, Path(model_path))
     out_dir = Path(out_dir)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     names = tuple(class_names or spec.labels)
     meta_file, config_file = out_dir / "configs" / "metadata.json", out_dir / "configs" / "inference.json"
-    meta_file.write_text(json.dumps(metadata(spec, names, model_provenance(model_path, run_dir)), indent=2))
+    meta_file.write_text(json.dumps(metadata(spec, names, model_provenance(payload, run_dir)), indent=2))
     config_file.write_text(json.dumps(inference_config(spec), indent=2))
     torch.save(state, out_dir / "models" / "model.pt")
     ckpt_export(net_id="network_def", filepath=str(out_dir / "models" / "model.ts"),

@@ -114,11 +114,15 @@ def check_fits(state: Mapping[str, torch.Tensor], spec: TaskSpec, path: Path) ->
 
 def load_model(path: Path, spec: TaskSpec) -> dict[str, torch.Tensor]:
     """Read weights for ``spec`` from any accepted layout, refusing files that do not fit it."""
-    payload = read_model_file(path)
+    return state_for(read_model_file(path), spec, Path(path))
+
+
+def state_for(payload: Mapping, spec: TaskSpec, path: Path) -> dict[str, torch.Tensor]:
+    """The weights for ``spec`` in a model file's ``payload`` (from :func:`read_model_file`), refused if they do not fit."""
     if "task" in payload and payload["task"] != spec.name:
         raise CheckpointError(f"{path}: trained for task {payload['task']!r}, not {spec.name!r}")
-    state = extract_state_dict(payload, Path(path))
-    check_fits(state, spec, Path(path))
+    state = extract_state_dict(payload, path)
+    check_fits(state, spec, path)
     return state
 
 

@@ -237,7 +237,6 @@ def cmd_infer(a) -> int:
 def cmd_export(a) -> int:
     """A trained model as a MONAI bundle (metadata, inference config, weights, TorchScript)."""
     from fedseg.bundle import export_bundle
-    from fedseg.run_dirs import claim_run_dir
 
     model = Path(a.model)
     spec = get_task(a.task, a.variant or detect_variant(a.task, model))

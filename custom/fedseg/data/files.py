@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -71,6 +72,22 @@ def json_depth(raw: bytes) -> int:
     return int(np.cumsum(step).max(initial=0))
 
 
+def read_at_most(fh: BinaryIO, n: int, *, chunk: int = 1 << 24) -> bytes:
+    """Read up to ``n`` bytes (fewer only at the end), ``chunk`` at a time.
+
+    ``read(n)`` sizes its buffer by ``n``, and a gzip stream inflates all it is asked for, so a
+    declared or bounding size never turns into one allocation.
+    """
+    parts, got = [], 0
+    while got < n:
+        part = fh.read(min(n - got, chunk))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def read_json_bounded(path: Path, what: str, *, max_bytes: int = MAX_JSON_BYTES,
                       max_depth: int = MAX_JSON_DEPTH) -> dict:
     """Read a JSON object within limits on size and nesting depth.
@@ -85,15 +102,8 @@ def read_json_bounded(path: Path, what: str, *, max_bytes: int = MAX_JSON_BYTES,
         raise DataError(f"{path}: {what} is {info.st_size:,} bytes; at most {max_bytes:,} are read")
     try:
         with open(path, "rb") as fh:
-            # In chunks: read(max_bytes + 1) would allocate the whole 64 MB bound up front.
-            parts, got = [], 0
-            while got <= max_bytes:
-                part = fh.read(min(1 << 20, max_bytes + 1 - got))
-                if not part:
-                    break
-                parts.append(part)
-                got += len(part)
-            raw = b"".join(parts)
+            # In 1 MiB chunks: read(max_bytes + 1) would allocate the whole 64 MB bound up front.
+            raw = read_at_most(fh, max_bytes + 1, chunk=1 << 20)
     except OSError as exc:
         raise DataError(f"{path}: cannot read {what} ({exc.strerror})") from None
     if len(raw) > max_bytes:  # the file grew after stat

@@ -27,7 +27,7 @@ from nibabel import imageglobals
 from scipy import ndimage
 from nibabel.spatialimages import HeaderDataError
 
-from fedseg.data.files import describe_non_regular
+from fedseg.data.files import describe_non_regular, read_at_most
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # header plus extensions (DICOM tags in extensions are ~100 KB)
@@ -118,18 +118,6 @@ def _close(fh: BinaryIO) -> None:
         inner.close()
 
 
-def _read(fh: BinaryIO, n: int) -> bytes:
-    """Read up to ``n`` bytes (fewer only at the end); a gzip stream inflates no more than that."""
-    parts, got = [], 0
-    while got < n:
-        part = fh.read(min(n - got, 1 << 24))
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
-
-
 @contextlib.contextmanager
 def _stream(path: Path, compressed: bool, what: str) -> Iterator[BinaryIO]:
     """The file as a (decompressing) stream, closed on exit; read errors become named problems."""
@@ -194,7 +182,7 @@ def read_header(path: Path, what: str) -> NiftiHeader:
     if not compressed and start.startswith(GZIP_MAGIC):
         raise FileProblem("not_nifti", f"{what} is named .nii but is gzip-compressed: name it .nii.gz")
     with _stream(path, compressed, what) as fh:
-        head = _read(fh, nib.Nifti2Header.sizeof_hdr + 4)
+        head = read_at_most(fh, nib.Nifti2Header.sizeof_hdr + 4)
         klass = _header_class(head)
         if klass is None:
             if len(head) < nib.Nifti1Header.sizeof_hdr:
@@ -204,7 +192,7 @@ def read_header(path: Path, what: str) -> NiftiHeader:
         if not np.isfinite(declared) or declared > MAX_HEADER_BYTES:
             raise FileProblem("bad_header", f"{what} declares its voxels start after {declared:,.0f} bytes of "
                                             f"header extensions; at most {MAX_HEADER_BYTES:,} are read")
-        head += _read(fh, max(int(declared) - len(head), 0))
+        head += read_at_most(fh, max(int(declared) - len(head), 0))
     try:
         header = klass.from_fileobj(io.BytesIO(head), check=False)
         check_voxel_type(header, what)
@@ -276,7 +264,7 @@ def scan_voxels(hdr: NiftiHeader, what: str, *, threshold: float | None, collect
             scan = _ChannelScan(stats, stats.channels[c], (nx, ny), threshold, block)
             for z in range(0, nz, per_chunk):
                 n = min(per_chunk, nz - z) * plane
-                raw = _read(fh, n * hdr.dtype.itemsize)
+                raw = read_at_most(fh, n * hdr.dtype.itemsize)
                 if len(raw) < n * hdr.dtype.itemsize:
                     got = (c * nz + z) * plane + len(raw) // hdr.dtype.itemsize
                     raise FileProblem("truncated_file", f"{what} holds {got:,} of the {hdr.n_voxels:,} voxels "
@@ -295,7 +283,7 @@ def _skip(fh: BinaryIO, hdr: NiftiHeader) -> None:
         return
     skipped = 0
     while skipped < hdr.offset:
-        step = len(_read(fh, min(hdr.offset - skipped, 1 << 20)))
+        step = len(read_at_most(fh, min(hdr.offset - skipped, 1 << 20)))
         if not step:
             break
         skipped += step
