@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 ## test: the whole suite, end-to-end runs (simulator, Ray, POC) included
 test: $(STAMP)
-	$(PY) -m pytest -m "slow or not slow"
+	$(PY) -m pytest -m "slow or not slow" --durations=30
 
 ## test-fast: the default suite only (a few minutes on CPU)
 test-fast: $(STAMP)

@@ -45,27 +45,30 @@ class Fault:
     site: str = "site-2"
     hold_s: float = 0.0  # stop / cut: how long
     min_clients: int = 1
+    rounds: int = 12  # as few as the scenario needs to show its end state
     description: str = ""
 
 
 FAULTS = {f.name: f for f in (
     Fault("none", "none", description="no fault (the reference run)"),
-    Fault("kill_training_min2", "kill", r"fedseg site-2 round 2: training", min_clients=2,
+    Fault("kill_training_min2", "kill", r"fedseg site-2 round 2: training", min_clients=2, rounds=4,
           description="SIGKILL site-2 during local training; the job's minimum is 2 sites (the demo's default)"),
     Fault("kill_training", "kill", r"fedseg site-2 round 2: training",
           description="SIGKILL site-2 during local training, minimum 1 site"),
-    Fault("kill_upload", "kill", r"fedseg site-2 round 2: global model val_dice",
+    Fault("kill_upload", "kill", r"fedseg site-2 round 2: global model val_dice", rounds=5,
           description="SIGKILL site-2 as it sends its round-2 update, minimum 1 site"),
-    Fault("kill_cross_site", "kill", r"Beginning model validation",
+    Fault("kill_cross_site", "kill", r"Beginning model validation", rounds=3,
           description="SIGKILL site-2 during cross-site evaluation, minimum 1 site"),
-    # Holds just beyond the heartbeat timeout (12 s) and grace (8 s): rounds without site-2 take
-    # 2-3 s, so a longer hold leaves too few of the 12 rounds for the site to rejoin in (a 25 s cut
-    # once came back in round 10 of 12 and missed both, under load).
-    Fault("stop_resume", "stop", r"fedseg site-2 round 2: training", hold_s=16.0,
+    # Holds just beyond the heartbeat timeout (12 s) and grace (8 s). Rounds without site-2 take
+    # 2-3 s, and a cut-off site reconnects only on NVFlare's next retry (its backoff doubles up to
+    # 10 s), then beats (every 5 s): a cut site was measured back 13 s after a 16 s cut, in round
+    # 10, and under CI load it came back in round 10 of 12 and missed both. 24 rounds leave it
+    # 14 rounds (about 40 s) to come back in.
+    Fault("stop_resume", "stop", r"fedseg site-2 round 2: training", hold_s=16.0, rounds=24,
           description="SIGSTOP site-2 for 16 s (beyond grace and heartbeat timeout), then SIGCONT"),
-    Fault("network_cut", "cut", r"fedseg site-2 round 2: training", hold_s=16.0,
+    Fault("network_cut", "cut", r"fedseg site-2 round 2: training", hold_s=16.0, rounds=24,
           description="abort every TCP connection of site-2 for 16 s, then let it reconnect"),
-    Fault("data_removed", "remove_data", r"fedseg site-2 round 2: training",
+    Fault("data_removed", "remove_data", r"fedseg site-2 round 2: training", rounds=5,
           description="delete one of site-2's training images mid-job (the site must notice and leave)"),
 )}
 
@@ -241,7 +244,8 @@ def run_scenario(fault: Fault, data_dir: Path, work: Path, *, python: str = sys.
         shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("splits"))
         data_dir = copy
     cmd = [python, "-m", "fedseg.cli", "simulate", "--task", "spleen", "--sites", "2", "--data", str(data_dir),
-           "--run-dir", str(run_dir), "--overwrite", "--min-clients", str(fault.min_clients), *(args or JOB_ARGS)]
+           "--run-dir", str(run_dir), "--overwrite", "--min-clients", str(fault.min_clients),
+           *(args or job_args(rounds=fault.rounds))]
     from fedseg.procs import ProcessTree
 
     start = time.monotonic()
@@ -341,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     work = Path(a.work).resolve()
     data = make_data(work, cases=a.cases)
-    args = job_args(local_epochs=a.local_epochs)
+    # One schedule for every scenario (the longest any needs), so final Dice compares like with like.
+    args = job_args(rounds=max(f.rounds for f in FAULTS.values()), local_epochs=a.local_epochs)
     names = a.only or list(FAULTS)
     if "none" not in names:
         names = ["none", *names]

@@ -44,6 +44,19 @@ def _complete(result_dir: Path) -> None:
         assert 0.0 <= per_model[FINAL_MODEL]["test_dice_spleen"] <= 1.0
 
 
+def _committed_job_with_rounds(name: str, rounds: int, out: Path) -> Path:
+    """A copy of the committed job folder ``name`` that differs from it in ``num_rounds`` only (a shorter run)."""
+    import shutil
+
+    job = shutil.copytree(REPO / "jobs" / name, out / name)
+    server = job / "app" / "config" / "config_fed_server.json"
+    config = json.loads(server.read_text())
+    [workflow] = [w for w in config["workflows"] if "num_rounds" in w.get("args", {})]
+    workflow["args"]["num_rounds"] = rounds
+    server.write_text(json.dumps(config, indent=2))
+    return job
+
+
 def test_committed_job_via_cli_and_a_job_via_the_flare_api_where_byoc_is_forbidden(data, tmp_path):
     configs = prepare_sites("spleen", data, 2, tmp_path, cases=8, seed=0)
     short = export_job(JobSpec("spleen", num_rounds=2, local_epochs=1), tmp_path / "jobs")
@@ -59,7 +72,7 @@ def test_committed_job_via_cli_and_a_job_via_the_flare_api_where_byoc_is_forbidd
         refused = poc.submit(bundled)
         assert poc.wait(refused, timeout=600) != "FINISHED:COMPLETED"
         assert "BYOC not permitted" in "\n".join(p.read_text() for p in poc.kit("server").rglob("log.txt"))
-        cli_job = poc.submit(REPO / "jobs" / "spleen_fedavg")
+        cli_job = poc.submit(_committed_job_with_rounds("spleen_fedavg", 3, tmp_path / "committed"))
         assert poc.wait(cli_job, timeout=1200) == "FINISHED:COMPLETED"
         api_job = poc.submit_api(short)
         assert poc.wait(api_job, timeout=600) == "FINISHED:COMPLETED"
@@ -71,7 +84,7 @@ def test_committed_job_via_cli_and_a_job_via_the_flare_api_where_byoc_is_forbidd
     assert "fedseg.flare.executor" in site_log or "fedseg/flare/client.py" in site_log
     for result_dir in downloads:
         _complete(result_dir)
-    assert len(read_job_results(downloads[0]).rounds) == 20  # the committed job, unchanged
+    assert len(read_job_results(downloads[0]).rounds) == 3  # the committed job, its round count lowered
     report, out = write_report(downloads[0], tmp_path / "report")
     assert "final global" in report.markdown() and (out / "validation_dice.png").stat().st_size > 10_000
     assert json.loads((out / "report.json").read_text())["best_round"] is not None
@@ -121,7 +134,7 @@ def test_a_killed_server_loses_at_most_one_round_and_the_job_resumes_with_its_sc
     from fedseg.flare.poc import ServerLost, resume_poc
     from fedseg.tasks import get_task
 
-    job = JobSpec("spleen", num_rounds=8, local_epochs=1, heartbeat_timeout=30, straggler_grace=10,
+    job = JobSpec("spleen", num_rounds=6, local_epochs=1, heartbeat_timeout=30, straggler_grace=10,
                   round_timeout=300)
     killed = {}
 
@@ -152,12 +165,13 @@ def test_a_killed_server_loses_at_most_one_round_and_the_job_resumes_with_its_sc
     run = resume_poc(run_dir, timeout=900)
     assert run.status == "FINISHED:COMPLETED" and run.results.finished
     rounds = [r["round"] for r in run.results.rounds]
-    assert rounds == list(range(last + 1, 8)), rounds
-    # The learning-rate schedule goes on where it was: the first resumed round r of 8 trains at the cosine
-    # schedule's rates between r/8 and (r+1)/8 of the run (a restarted schedule would be back near the top).
+    n = job.num_rounds
+    assert rounds == list(range(last + 1, n)), rounds
+    # The learning-rate schedule goes on where it was: the first resumed round r of n trains at the cosine
+    # schedule's rates between r/n and (r+1)/n of the run (a restarted schedule would be back near the top).
     spec = get_task("spleen", "tiny")
     first = run.results.rounds[0]
     reported = {m["name"]: m["value"] for m in first["aggregated_metrics"]}["learning_rate"]
     r = last + 1
-    assert spec.lr_at((r + 1) / 8) * 0.999 <= reported <= spec.lr_at(r / 8) * 1.001, (reported, r)
+    assert spec.lr_at((r + 1) / n) * 0.999 <= reported <= spec.lr_at(r / n) * 1.001, (reported, r)
     assert reported < 0.9 * spec.lr_at(0.0)

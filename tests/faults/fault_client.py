@@ -1,6 +1,7 @@
 """Test-only NVFlare client: fedseg's own client with one fault injected at one site.
 
-FEDSEG_TEST_FAULT="<site>:<kind>:<round>" picks the site, the fault and the first round it hits:
+FEDSEG_TEST_FAULT="<site>:<kind>:<round>[,<site>:<kind>:<round>...]" picks, per faulty site, the fault
+and the first round it hits:
   raise      the site's training raises (a crashing hospital machine);
   nan        the site's loss turns NaN, so the engine's own non-finite check fires;
   extra_key  the site's update carries a variable the global model does not have;
@@ -14,7 +15,8 @@ import torch
 from fedseg.flare import client
 from fedseg.runners import site as site_module
 
-SITE, KIND, ROUND = (os.environ.get("FEDSEG_TEST_FAULT", "none:none:0").split(":") + ["0"])[:3]
+FAULTS = {site: (kind, int(first)) for site, kind, first in
+          ((part.split(":") + ["0"])[:3] for part in os.environ.get("FEDSEG_TEST_FAULT", "").split(",") if part)}
 
 
 class FaultyTrainer:
@@ -23,10 +25,11 @@ class FaultyTrainer:
 
     def train(self, weights, epochs, progress=None, regularizer=None):
         self.calls += 1
-        if self.name == SITE and self.calls > int(ROUND):
-            if KIND == "raise":
+        kind, first = FAULTS.get(self.name, ("none", 0))
+        if kind != "none" and self.calls > first:
+            if kind == "raise":
                 raise RuntimeError("injected fault: the site's machine failed mid-training")
-            if KIND == "nan":
+            if kind == "nan":
                 engine = self.inner.engine
                 real_loss = engine.loss_fn
                 engine.loss_fn = lambda out, y: real_loss(out, y) * torch.tensor(float("nan"))
@@ -34,9 +37,9 @@ class FaultyTrainer:
                     return self.inner.train(weights, epochs, progress, regularizer)
                 finally:
                     engine.loss_fn = real_loss
-            if KIND in ("extra_key", "half"):
+            if kind in ("extra_key", "half"):
                 result = self.inner.train(weights, epochs, progress, regularizer)
-                if KIND == "extra_key":
+                if kind == "extra_key":
                     result.weights["injected.weight"] = torch.zeros(3)
                 else:
                     result.weights = {k: v.half() if v.ndim == 5 else v for k, v in result.weights.items()}
