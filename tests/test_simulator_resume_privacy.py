@@ -74,26 +74,33 @@ def test_exclude_keeps_normalization_layers_at_each_site(data, tmp_path):
     assert set(result.models["final"]) == {"site-1", "site-2", "pooled"}
 
 
-def test_percentile_privacy_runs_on_weight_differences(data, tmp_path):
-    job = JobSpec("spleen", num_rounds=2, local_epochs=1, privacy="percentile")
-    result = simulate(job, n_sites=2, data_dir=data, run_dir=tmp_path / "run", cases=8)
-    log = (tmp_path / "run" / "simulator.log").read_text()
-    assert "cutoff" in log  # NVFlare's PercentilePrivacy ran on every update
-    cfg = json.loads((tmp_path / "run/job" / job.name / "app/config/config_fed_client.json").read_text())
-    assert cfg["executors"][0]["executor"]["args"].get("params_transfer_type") == "DIFF"
-    assert set(result.models["final"]) == {"site-1", "site-2", "pooled"}
-
-
-def test_a_job_starts_from_a_given_model(data, tmp_path):
-    """The server's first global model is the pretrained one, as each site received it in round 0."""
+@pytest.fixture(scope="module")
+def percentile_from_pretrained(data, tmp_path_factory):
+    """One job for two behaviours: percentile privacy on the updates, and a given starting model."""
     from fedseg.checkpoint import save_model
     from fedseg.networks import build_network
 
+    tmp_path = tmp_path_factory.mktemp("percentile_pretrained")
     spec = get_task("spleen", "tiny")
     torch.manual_seed(123)
     pretrained = build_network(spec).state_dict()
     model = save_model(tmp_path / "pretrained.pt", pretrained, spec)
-    result = simulate(JobSpec("spleen", num_rounds=1, local_epochs=1), n_sites=2, data_dir=data, run_dir=tmp_path / "run",
-                      cases=8, initial_weights=model)
+    job = JobSpec("spleen", num_rounds=2, local_epochs=1, privacy="percentile")
+    result = simulate(job, n_sites=2, data_dir=data, run_dir=tmp_path / "run", cases=8, initial_weights=model)
+    return job, result, pretrained, tmp_path / "run"
+
+
+def test_percentile_privacy_runs_on_weight_differences(percentile_from_pretrained):
+    job, result, _, run = percentile_from_pretrained
+    log = (run / "simulator.log").read_text()
+    assert "cutoff" in log  # NVFlare's PercentilePrivacy ran on every update
+    cfg = json.loads((run / "job" / job.name / "app/config/config_fed_client.json").read_text())
+    assert cfg["executors"][0]["executor"]["args"].get("params_transfer_type") == "DIFF"
+    assert set(result.models["final"]) == {"site-1", "site-2", "pooled"}
+
+
+def test_a_job_starts_from_a_given_model(percentile_from_pretrained):
+    """The server's first global model is the pretrained one, as each site received it in round 0."""
+    _, result, pretrained, _ = percentile_from_pretrained
     first = _history(result.workspace, "site-1")[0]
     assert first["round"] == 0 and math.isclose(first["global_weights_norm"], weights_norm(pretrained), rel_tol=1e-6)

@@ -243,14 +243,15 @@ class PocDeployment:
         match = re.search(r"(FINISHED:[A-Z_]+|FAILED|ABORTED|RUNNING|SUBMITTED|DISPATCHED)", meta)
         return match.group(1) if match else meta.strip()
 
-    def wait(self, job_id: str, timeout: float = 1800, lost_after: float = 60) -> str:
+    def wait(self, job_id: str, timeout: float = 1800, lost_after: float = 20, start_grace: float = 60) -> str:
         """Wait for the job to end; return its final status (e.g. ``FINISHED:COMPLETED``).
 
-        Returns :data:`SERVER_LOST` when the server's process for this job has been gone for
-        ``lost_after`` seconds while NVFlare still lists the job as running (a killed or crashed
-        server: NVFlare restarts the server but not the job), and raises after ``timeout`` seconds.
+        Returns :data:`SERVER_LOST` when the server's process for this job is gone while NVFlare
+        still lists the job as running (a killed or crashed server: NVFlare restarts the server but
+        not the job): ``lost_after`` seconds after it was last seen, or ``start_grace`` seconds if it
+        was never seen (a job process takes a while to start). Raises after ``timeout`` seconds.
         """
-        deadline, gone_since = time.monotonic() + timeout, None
+        deadline, gone_since, seen = time.monotonic() + timeout, None, False
         while time.monotonic() < deadline:
             try:
                 status = self.job_status(job_id)
@@ -258,9 +259,12 @@ class PocDeployment:
                 status = "UNREACHABLE"  # the server is down or restarting
             if status.startswith(("FINISHED", "FAILED", "ABORTED")):
                 return status
-            if status in ("RUNNING", "UNREACHABLE") and self.job_process(job_id) is None:
+            running = self.job_process(job_id) is not None
+            seen = seen or running
+            if status in ("RUNNING", "UNREACHABLE") and not running:
                 gone_since = gone_since or time.monotonic()
-                if time.monotonic() - gone_since > lost_after:
+                # A job that ends normally is marked finished within a few seconds of its process exiting.
+                if time.monotonic() - gone_since > (lost_after if seen else start_grace):
                     return SERVER_LOST
             else:
                 gone_since = None
