@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fedseg.data.synth import synthesize
-from fedseg.errors import FedsegError
 from fedseg.flare.jobs import JobSpec, export_job
 from fedseg.flare.simulate import simulate
 
