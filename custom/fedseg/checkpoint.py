@@ -122,6 +122,8 @@ def state_for(payload: Mapping, spec: TaskSpec, path: Path) -> dict[str, torch.T
     if "task" in payload and payload["task"] != spec.name:
         raise CheckpointError(f"{path}: trained for task {payload['task']!r}, not {spec.name!r}")
     state = extract_state_dict(payload, path)
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     check_fits(state, spec, path)
     return state
 
@@ -144,14 +146,7 @@ def load_initial_model(path: Path, spec: TaskSpec) -> dict[str, torch.Tensor]:
         if not (path / BUNDLE_WEIGHTS).is_file():
             raise CheckpointError(f"{path}: a folder, but not a MONAI bundle (no {BUNDLE_WEIGHTS})")
         path = path / BUNDLE_WEIGHTS
-    payload = read_model_file(path)
-    if "task" in payload and payload["task"] != spec.name:
-        raise CheckpointError(f"{path}: trained for task {payload['task']!r}, not {spec.name!r}")
-    state = extract_state_dict(payload, path)
-    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    check_fits(state, spec, path)
-    return state
+    return state_for(read_model_file(path), spec, path)
 
 
 def save_nvflare_checkpoint(path: Path, weights: Mapping[str, torch.Tensor]) -> Path:

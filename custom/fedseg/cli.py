@@ -11,6 +11,7 @@ from pathlib import Path
 from fedseg.errors import CheckpointError, FedsegError
 from fedseg.progress import bar_wanted
 from fedseg.run_dirs import claim_run_dir, new_run_dir, non_negative_float, non_negative_int, positive_int
+from fedseg.site_config import PRECISIONS
 from fedseg.tasks import VARIANTS, get_task, task_names
 
 ALGORITHMS = ("fedavg", "fedprox", "fedopt")  # fedseg.flare.jobs.ALGORITHMS, without importing nvflare here
@@ -28,6 +29,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="override the site's device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: the site's num_threads)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="override the site's precision (auto: fp16 AMP on CUDA, fp32 on CPU)")
 
 
 # data -------------------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def cmd_annotate(a) -> int:
 
     variant = a.variant or detect_variant("deepgrow2d", Path(a.model))
     annotator = Annotator(get_task("deepgrow2d", variant), Path(a.model),
-                          Runtime.create(a.device or "auto", num_threads=a.threads))
+                          Runtime.create(a.device or "auto", precision=a.precision or "auto", num_threads=a.threads))
     out = annotator.annotate(Path(a.image), a.slice, a.fg, a.bg or [], Path(a.out))
     print(f"wrote {out}")
     return 0
@@ -154,7 +157,7 @@ def cmd_train(a) -> int:
         result = run_ray(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, workers=a.workers,
                          gpus_per_worker=a.gpus_per_worker, address=a.address, resume=a.resume, tracking=a.tracking)
     else:
-        runtime = Runtime.for_site(sites[0], device=a.device, num_threads=a.threads)
+        runtime = Runtime.for_site(sites[0], device=a.device, num_threads=a.threads, precision=a.precision)
         result = run_local(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, runtime=runtime,
                            tracking=a.tracking, init_weights=init)
     print(result.table())
@@ -221,7 +224,7 @@ def cmd_infer(a) -> int:
     for image, _ in pairs:
         if not image.is_dir():
             check_input(image, spec)
-    predictor = Predictor(spec, Path(a.model), Runtime.create(a.device or "auto", num_threads=a.threads))
+    predictor = Predictor(spec, Path(a.model), Runtime.create(a.device or "auto", precision=a.precision or "auto", num_threads=a.threads))
     for k, (image, out) in enumerate(pairs, start=1):
         if image.is_dir():
             from fedseg.infer_dicom import segment_series
@@ -263,7 +266,7 @@ def cmd_evaluate(a) -> int:
     out = (claim_run_dir(Path(a.out), overwrite=a.overwrite) if a.out
            else new_run_dir(spec.name, site.site, "evaluate"))
     data = open_site_data(spec, site)
-    runtime = Runtime.for_site(site, device=a.device, num_threads=a.threads)
+    runtime = Runtime.for_site(site, device=a.device, num_threads=a.threads, precision=a.precision)
     label = model.stem
     per_case = score_cases(spec, {label: model}, [data], runtime)[label]
     classes = data.class_names[1:]

@@ -4,6 +4,7 @@ Example (``site_configs/site-1.yaml``)::
 
     site: site-1
     device: auto          # auto | cpu | cuda | cuda:N
+    precision: auto       # auto | fp32 | bf16 | fp16 (auto: fp16 AMP on CUDA, fp32 on CPU)
     num_threads: 1        # torch CPU threads; omit for torch's default
     cache_rate: 1.0       # fraction of preprocessed volumes kept in memory
     num_workers: 0        # data-loading threads
@@ -31,6 +32,9 @@ from typing import Any, Callable
 import yaml
 
 from fedseg.errors import ConfigError
+
+# Arithmetic precision a site may ask for (resolved per device in fedseg.engine.runtime).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 ENV_DIR = "FEDSEG_SITE_CONFIG_DIR"
 KIT_FILE = Path("local") / "fedseg_site.yaml"
@@ -62,6 +66,7 @@ class SiteConfig:
     path: Path
     datasets: dict[str, TaskData]
     device: str = "auto"
+    precision: str = "auto"
     num_threads: int | None = None
     cache_rate: float = 1.0
     num_workers: int = 0
@@ -98,6 +103,7 @@ def _is_number(v: Any) -> bool:
 _TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
     "site": (lambda v: isinstance(v, str) and bool(_SITE_NAME.match(v)), "a site name of letters, digits, '-', '_', '.'"),
     "device": (lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "one of auto, cpu, cuda, cuda:N"),
+    "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "num_threads": (lambda v: v is None or (_is_int(v) and v >= 1), "a whole number >= 1 (or omit it)"),
     "cache_rate": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number from 0 to 1"),
     "num_workers": (lambda v: _is_int(v) and 0 <= v <= 64, "a whole number from 0 to 64"),
@@ -180,6 +186,7 @@ def load_site_config(path: Path) -> SiteConfig:
         path=path.resolve(),
         datasets=datasets,
         device=raw.get("device", "auto"),
+        precision=raw.get("precision", "auto"),
         num_threads=raw.get("num_threads"),
         cache_rate=float(raw.get("cache_rate", 1.0)),
         num_workers=int(raw.get("num_workers", 0)),

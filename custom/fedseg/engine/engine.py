@@ -63,7 +63,9 @@ class SegmentationEngine:
         self.model = build_network(spec).to(runtime.device)
         self.optimizer = build_optimizer(spec, self.model.parameters())
         self.loss_fn = build_loss(spec)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp)
+        # A task may turn mixed precision off (spec.amp); loss scaling only for fp16 (bf16 has fp32's range).
+        self._autocast = runtime.autocast if spec.amp else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda", enabled=spec.amp and runtime.precision == "fp16")
         self._data_seeds = 0
         self.clicks = None
         if spec.interactive:  # imported only here: MONAI's deepgrow needs scikit-image
@@ -98,9 +100,6 @@ class SegmentationEngine:
 
     def set_weights(self, weights: Mapping) -> None:
         self.network.load_state_dict(to_state_dict(weights), strict=True)
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.runtime.amp else contextlib.nullcontext()
 
     # Training -------------------------------------------------------------------------------------
     def train(self, data: TrainData, *, epochs: int | None = None, iterations: int | None = None,

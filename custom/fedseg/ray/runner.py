@@ -120,7 +120,7 @@ def run_ray(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: i
             "spec": spec, "class_names": list(class_names), "seed": seed, "run_id": uuid.uuid4().hex,
             "use_gpu": plan.use_gpu,
             "runtime": {"threads": plan.cpus_per_worker, "num_workers": sites[0].num_workers,
-                        "cache_rate": sites[0].cache_rate},
+                        "cache_rate": sites[0].cache_rate, "precision": sites[0].precision},
             "train_items": train_items, "val_items": [it for d in data for it in d.items("validation")],
             "test_items": {d.site.site: d.items("test") for d in data},
             "epochs": epochs, "val_every": val_every,

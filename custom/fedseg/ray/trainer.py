@@ -116,7 +116,8 @@ class RaySiteTrainer:
         cfg = {
             "spec": self.data.spec, "class_names": list(self.data.class_names), "seed": seed_from(self.seed, self._rounds),
             "use_gpu": plan.use_gpu,
-            "runtime": {"threads": plan.cpus_per_worker, "num_workers": site.num_workers, "cache_rate": site.cache_rate},
+            "runtime": {"threads": plan.cpus_per_worker, "num_workers": site.num_workers, "cache_rate": site.cache_rate,
+                        "precision": site.precision},
             "train_items": self.data.items("training"),
             "steps_per_epoch": steps_per_epoch(self.n_train, plan.workers, self.data.spec.batch_size),
             "weights": weights, "optimizer": self._optimizer_state, "epochs": epochs, "progress": progress,

@@ -96,8 +96,8 @@ def setup(cfg: dict) -> tuple[int, int, SegmentationEngine]:
         torch.cuda.set_device(dev)  # NCCL collectives (all_gather_object) use the current device
         device = str(dev)
     rt = cfg["runtime"]
-    runtime = Runtime.create(device, num_threads=rt["threads"], num_workers=rt["num_workers"],
-                             cache_rate=rt["cache_rate"])
+    runtime = Runtime.create(device, precision=rt.get("precision", "auto"), num_threads=rt["threads"],
+                             num_workers=rt["num_workers"], cache_rate=rt["cache_rate"])
     engine = SegmentationEngine(cfg["spec"], runtime, class_names=tuple(cfg["class_names"]), seed=cfg["seed"])
     return rank, world, engine
 
