@@ -81,8 +81,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
     ``auto`` does not pick bf16 on CPUs that have it: the suite's Dice bars were measured in fp32,
     and bf16 stays an explicit choice until they are re-measured (validation Dice agrees with fp32
-    within 0.005, tests/test_precision.py). Without hardware bf16, torch emulates it: a tiny
-    forward pass measured 7-10x slower than fp32 on an AVX2-only CPU.
+    within 0.005, tests/test_precision.py). Without hardware bf16, torch emulates it: evaluation
+    measured 17x slower than fp32 on an AVX2-only CPU.
     """
     if requested not in PRECISIONS:
         raise ConfigError(f"'precision' is {requested!r}; allowed: {', '.join(PRECISIONS)}")
