@@ -59,6 +59,7 @@ def test_bf16_validation_dice_matches_fp32(trained_spleen):
     assert fp32.n_cases == bf16.n_cases >= 4
     assert fp32.mean > 0.5, fp32.per_case  # a model that segments, so agreement means something
     assert abs(fp32.mean - bf16.mean) < 0.005, (fp32.per_case, bf16.per_case)
+    assert fp32.per_case != bf16.per_case  # bf16 really ran: its rounding moves some voxels
 
 
 def test_a_bf16_training_step_learns_like_fp32(trained_spleen):
@@ -75,6 +76,7 @@ def test_a_bf16_training_step_learns_like_fp32(trained_spleen):
     (r32, w32), (r16, w16) = results["fp32"], results["bf16"]
     first32, first16 = r32.epoch_losses[0], r16.epoch_losses[0]
     assert math.isfinite(first16) and abs(first16 - first32) <= 0.02 * abs(first32), (first32, first16)
+    assert first16 != first32  # the step really ran in bf16
     moved32 = torch.cat([(w32[k] - start[k]).flatten().float() for k in start if start[k].is_floating_point()])
     moved16 = torch.cat([(w16[k] - start[k]).flatten().float() for k in start if start[k].is_floating_point()])
     cosine = float(torch.nn.functional.cosine_similarity(moved32, moved16, dim=0))
