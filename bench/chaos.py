@@ -276,7 +276,7 @@ def run_scenario(fault: Fault, data_dir: Path, work: Path, *, python: str = sys.
 
 
 def _read_end_state(outcome: Outcome, run_dir: Path) -> None:
-    app = next(iter(sorted((run_dir / "workspace").glob("server/*/app_server"))), None)
+    app = next(iter(sorted((run_dir / "workspace").glob("*/server/*/app_server"))), None)
     if app is not None:
         outcome.final_model = (app / "FL_global_model.pt").is_file()
         outcome.best_model = (app / "best_FL_global_model.pt").is_file()

@@ -113,7 +113,7 @@ def test_a_site_whose_data_disappears_says_so_leaves_and_names_no_file(data, tmp
     name = Path(outcome.removed_file).name
     run_dir = tmp_path / "data_removed"
     for path in [run_dir / "simulator.log", run_dir / "results.json",
-                 *(run_dir / "workspace" / "server").rglob("*.json")]:
+                 *(run_dir / "workspace").glob("*/server/**/*.json")]:
         assert name not in path.read_text(errors="replace"), path
     reports = list(run_dir.rglob("reports/data_changed.txt"))  # beside the sites' YAMLs, in the run folder
     assert reports and name in reports[0].read_text()  # ... but the site's own report lists it

@@ -205,7 +205,7 @@ def test_guard_in_a_simulator_run(privacy, fault, tmp_path, monkeypatch):
     # the guard; site-2's ill-fitting one is refused, naming the site. (With differences the
     # Client API itself drops unknown keys and computes in the global model's precision.)
     from fedseg.data.synth import synthesize
-    from fedseg.flare.jobs import JobSpec, export_job
+    from fedseg.flare.jobs import JobSpec
     from fedseg.flare.simulate import simulate
 
     data = tmp_path / "data"
@@ -213,8 +213,7 @@ def test_guard_in_a_simulator_run(privacy, fault, tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSEG_TEST_FAULT", f"site-2:{fault}:0" if fault else "none:none:0")
     job = JobSpec("spleen", num_rounds=2, local_epochs=1, privacy=privacy, min_clients=1)
     run = tmp_path / "run"
-    simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8,
-             job_dir=export_job(job, run / "job", client_script=FAULT_CLIENT))
+    simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8, client_script=FAULT_CLIENT)
     log = (run / "simulator.log").read_text()
     refused = re.findall(r"fedseg: update from (site-\d) in round (\d+) excluded from the average: ([^\n]*)", log)
     expected = {("site-2", "0"), ("site-2", "1")} if fault else set()

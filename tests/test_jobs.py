@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from fedseg.flare.client import parse_args
-from fedseg.flare.jobs import COMMITTED, JobSpec, export_all, export_job
+from fedseg.flare.jobs import ALGORITHMS, COMMITTED, JobSpec, export_all, export_job
 
 
 def _files(root):
@@ -68,7 +68,7 @@ def _server_and_client(job_dir):
             json.loads((job_dir / "app/config/config_fed_client.json").read_text()))
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedopt"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_has_the_same_deadlines_heartbeats_and_bounded_cross_site_evaluation(tmp_path, algorithm):
     from fedseg.flare.jobs import DEADLINES, job_for
 
@@ -88,10 +88,8 @@ def test_every_algorithm_has_the_same_deadlines_heartbeats_and_bounded_cross_sit
 
 
 def test_fedprox_and_fedopt_jobs_use_nvflares_own_controllers(tmp_path):
-    from fedseg import cli
-    from fedseg.flare.jobs import ALGORITHMS, job_for, resumed
+    from fedseg.flare.jobs import job_for, resumed
 
-    assert cli.ALGORITHMS == ALGORITHMS
     prox, _ = _server_and_client(export_job(job_for("spleen", "fedprox"), tmp_path))
     assert prox["workflows"][0]["path"].endswith("ConsortiumFedAvg") and prox["workflows"][0]["args"]["fedprox_mu"] == 0.01
     opt, client = _server_and_client(export_job(job_for("spleen", "fedopt"), tmp_path))

@@ -1,4 +1,5 @@
-"""The Ray backend without a Ray cluster: sharding, step counts, averaging, planning, settings checks.
+"""The Ray backend without a Ray cluster: sharding, step counts, averaging (fedseg.engine.distributed),
+planning and settings checks.
 
 The end-to-end Ray runs are in test_ray_train.py and test_ray_site.py (marked slow).
 """
@@ -13,9 +14,8 @@ import torch
 
 from fedseg.engine import Runtime, SegmentationEngine
 from fedseg.errors import CheckpointError, ConfigError
-from fedseg.ray.common import (
-    MAX_TEMP_DIR_CHARS, Fault, average_weights, plan_workers, shard, steps_per_epoch, temp_dir_for,
-)
+from fedseg.engine.distributed import average_weights, shard, steps_per_epoch
+from fedseg.ray.common import MAX_TEMP_DIR_CHARS, Fault, plan_workers, temp_dir_for
 from fedseg.site_config import load_site_config
 from fedseg.tasks import get_task
 
@@ -97,8 +97,9 @@ def test_fault_specs_parse_and_bad_ones_name_the_variable():
 
 
 def test_nothing_outside_fedseg_ray_imports_ray():
-    code = ("import sys, fedseg, fedseg.cli, fedseg.engine, fedseg.runners.local, fedseg.runners.site, "
-            "fedseg.ray, fedseg.ray.cli, fedseg.ray.common, fedseg.checkpoint, fedseg.site_data; "
+    code = ("import sys, fedseg, fedseg.cli, fedseg.engine, fedseg.engine.distributed, fedseg.runners.local, "
+            "fedseg.runners.site, fedseg.backends, fedseg.training.loop, fedseg.ray, fedseg.ray.cli, fedseg.ray.common, "
+            "fedseg.ray.config, fedseg.checkpoint, fedseg.site_data; "
             "fedseg.cli.build_parser(); print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -172,7 +173,7 @@ def test_resume_needs_a_ray_run_and_the_same_settings(spleen_site, tmp_path):
 def test_a_ray_site_is_trained_by_the_ray_site_trainer(spleen_dataset, tmp_path):
     from conftest import make_site
     from fedseg.ray.trainer import RaySiteTrainer
-    from fedseg.runners.site import make_site_trainer
+    from fedseg.backends import make_site_trainer
     from fedseg.site_data import open_site_data
 
     spec = get_task("spleen", "tiny")

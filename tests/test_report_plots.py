@@ -24,7 +24,7 @@ def _metrics(prefix: str, dice: dict, n: int) -> dict:
 
 def fake_job(run_dir: Path, *, clicks: bool = False, per_case: bool = True) -> Path:
     """A finished 2-site, 3-round federated run as fedseg simulate leaves it (server files and results.json)."""
-    job = run_dir / "workspace" / "server" / "simulate_job"
+    job = run_dir / "workspace" / "liver_fedavg" / "server" / "simulate_job"
     (job / "cross_site_val").mkdir(parents=True)
     (job / "metrics").mkdir()
     models = ("SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedseg.data.synth import synthesize
-from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.flare.jobs import JobSpec
 from fedseg.flare.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -25,8 +25,7 @@ def data(tmp_path_factory):
 def _run(data, tmp_path, monkeypatch, fault, sites, min_clients=2):
     monkeypatch.setenv("FEDSEG_TEST_FAULT", fault)
     job = JobSpec("spleen", num_rounds=3, local_epochs=1, min_clients=min_clients)
-    job_dir = export_job(job, tmp_path / "job", client_script=FAULT_CLIENT)
-    return simulate(job, n_sites=sites, data_dir=data, run_dir=tmp_path / "run", cases=9, job_dir=job_dir)
+    return simulate(job, n_sites=sites, data_dir=data, run_dir=tmp_path / "run", cases=9, client_script=FAULT_CLIENT)
 
 
 def _log(tmp_path):

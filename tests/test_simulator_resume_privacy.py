@@ -10,7 +10,7 @@ import torch
 
 from fedseg.data.synth import synthesize
 from fedseg.flare.client import weights_norm
-from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.flare.jobs import JobSpec
 from fedseg.flare.simulate import resume_run, simulate
 from fedseg.networks import NORM_LAYERS
 from fedseg.tasks import get_task
@@ -35,10 +35,9 @@ def test_a_stopped_job_restarts_from_its_last_global_model(data, tmp_path, monke
     run = tmp_path / "run"
     job = JobSpec("spleen", num_rounds=4, local_epochs=1)
     monkeypatch.setenv("FEDSEG_TEST_FAULT", "site-2:raise:2")  # both sites needed: the job stops in round 2
-    stopped = simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8,
-                       job_dir=export_job(job, run / "job", client_script=FAULT_CLIENT))
+    stopped = simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8, client_script=FAULT_CLIENT)
     assert not stopped.results.finished and stopped.results.ended["round"] == 2
-    saved = torch.load(run / "workspace/server/simulate_job/app_server/FL_global_model.pt", weights_only=True)
+    saved = torch.load(stopped.workspace / "server/simulate_job/app_server/FL_global_model.pt", weights_only=True)
     assert saved["meta_props"]["current_round"] == 1
     monkeypatch.delenv("FEDSEG_TEST_FAULT")
 

@@ -7,7 +7,7 @@ import pytest
 from pathlib import Path
 
 from fedseg.data.synth import ABDOMEN_ORGANS, synthesize
-from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.flare.jobs import JobSpec
 from fedseg.flare.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -57,11 +57,12 @@ def test_fedprox_and_fedopt_jobs_run_end_to_end_and_tolerate_a_failing_site_alik
     """FedOpt runs on the same fault-tolerant controller as FedAvg: a site failing mid-job is left out."""
     synthesize("spleen", tmp_path / "data", cases=8, seed=3, workers=2)
     job = JobSpec("spleen", algorithm=algorithm, num_rounds=3, local_epochs=1, min_clients=1)
-    job_dir = None
+    script = None
     if algorithm == "fedopt":
         monkeypatch.setenv("FEDSEG_TEST_FAULT", "site-2:raise:1")
-        job_dir = export_job(job, tmp_path / "job", client_script=FAULT_CLIENT)
-    result = simulate(job, n_sites=2, data_dir=tmp_path / "data", run_dir=tmp_path / "run", cases=8, job_dir=job_dir)
+        script = FAULT_CLIENT
+    result = simulate(job, n_sites=2, data_dir=tmp_path / "data", run_dir=tmp_path / "run", cases=8,
+                      client_script=script)
     log = (tmp_path / "run" / "simulator.log").read_text()
     assert ("FedProx's proximal term, mu 0.01" in log) == (algorithm == "fedprox")
     assert result.results.finished and result.best_round is not None  # best-model selection reads val_dice

@@ -8,13 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
+from fedseg.algorithms import algorithm_names, algorithm_option
+from fedseg.backends import TrainOptions, backend_names, get_backend
 from fedseg.errors import CheckpointError, FedsegError
 from fedseg.progress import bar_wanted
 from fedseg.run_dirs import claim_run_dir, new_run_dir, non_negative_float, non_negative_int, positive_int
 from fedseg.site_config import PRECISIONS
 from fedseg.tasks import VARIANTS, get_task, task_names
-
-ALGORITHMS = ("fedavg", "fedprox", "fedopt")  # fedseg.flare.jobs.ALGORITHMS, without importing nvflare here
 
 log = logging.getLogger("fedseg")
 
@@ -125,8 +125,6 @@ def cmd_annotate(a) -> int:
 
 # train / infer ----------------------------------------------------------------------------------
 def cmd_train(a) -> int:
-    from fedseg.engine import Runtime
-    from fedseg.runners.local import run_local
     from fedseg.site_config import load_site_config
 
     spec = get_task(a.task, a.variant, a.optimizer)
@@ -137,29 +135,22 @@ def cmd_train(a) -> int:
     mode = "pooled" if a.pooled else sites[0].site
     init = None
     if a.init:
-        if a.backend == "ray":
-            raise FedsegError("--init starts a local run (--backend local); a Ray run starts from random weights")
         from fedseg.checkpoint import load_initial_model
 
         init = load_initial_model(Path(a.init), spec)  # refused, mismatches listed, before any folder is made
+    options = TrainOptions(epochs=a.epochs, val_every=a.val_every, seed=a.seed, tracking=a.tracking, init_weights=init,
+                           device=a.device, threads=a.threads, precision=a.precision, workers=a.workers,
+                           gpus_per_worker=a.gpus_per_worker, address=a.address,
+                           resume=Path(a.resume) if a.resume else None)
+    run = get_backend(a.backend).load("runner")
     if a.resume:
-        if a.backend != "ray":
-            raise FedsegError("--resume continues a stopped Ray run: add --backend ray")
         out = Path(a.resume)
     elif a.out:
         out = claim_run_dir(Path(a.out), overwrite=a.overwrite, replaced=TRAIN_OUTPUTS)
     else:
         out = new_run_dir(spec.name, mode, a.backend)
     print(f"run folder: {out}", flush=True)
-    if a.backend == "ray":
-        from fedseg.ray.runner import run_ray
-
-        result = run_ray(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, workers=a.workers,
-                         gpus_per_worker=a.gpus_per_worker, address=a.address, resume=a.resume, tracking=a.tracking)
-    else:
-        runtime = Runtime.for_site(sites[0], device=a.device, num_threads=a.threads, precision=a.precision)
-        result = run_local(spec, sites, out, epochs=a.epochs, val_every=a.val_every, seed=a.seed, runtime=runtime,
-                           tracking=a.tracking, init_weights=init)
+    result = run(spec, sites, out, options)
     print(result.table())
     best = (f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}" if result.best_epoch
             else "no validation score: no best model")
@@ -173,7 +164,7 @@ def cmd_train(a) -> int:
 TRAIN_OUTPUTS = ("results.json", "best_model.pt", "final_model.pt", "report.md", "tb_events", "mlflow.db",
                  "mlartifacts", "ray_run.json", "ray_results", "*.png")
 # What simulate and poc write (poc: also its deployment and downloads).
-SIMULATE_OUTPUTS = ("results.json", "run.json", "report.md", "report.json", "*.png", "workspace", "job",
+SIMULATE_OUTPUTS = ("results.json", "run.json", "sim_env.json", "report.md", "report.json", "*.png", "workspace", "job",
                     "site_configs", "simulator.log", "resume_from.pt", "resumed")
 POC_OUTPUTS = SIMULATE_OUTPUTS + ("deployment", "download", "job_resumed", "resume_from_*.pt")
 
@@ -289,7 +280,11 @@ def cmd_jobs_export(a) -> int:
     from fedseg.flare.jobs import COMMITTED, export_job, job_for, resumed
 
     overrides = dict(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients,
-                     privacy=a.privacy, tracking=a.tracking, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus), **_deadline_overrides(a))
+                     privacy=a.privacy, tracking=a.tracking, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus),
+                     algorithm_options=tuple(a.algorithm_option) if a.algorithm_option else None,
+                     **_deadline_overrides(a))
+    if a.algorithm_option and not a.task:
+        raise FedsegError("--algorithm-option needs --task and --algorithm: options belong to one algorithm")
     if a.task:
         jobs = (job_for(a.task, a.algorithm or "fedavg").with_overrides(**overrides),)
     else:
@@ -325,6 +320,14 @@ def cmd_jobs_allow_list(a) -> int:
     return 0
 
 
+def _algorithm_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--algorithm", default=default, choices=algorithm_names(),
+                   help="the FL algorithm (fedseg.algorithms; default fedavg): " + ", ".join(algorithm_names()))
+    p.add_argument("--algorithm-option", action="append", default=None, type=algorithm_option, metavar="NAME=VALUE",
+                   help="one of the algorithm's options, e.g. mu=0.05 (FedProx), server_lr=0.5 (FedOpt), "
+                        "lambda=0.5 (Ditto); repeatable")
+
+
 def _deadline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-timeout", type=positive_int, default=None, metavar="S",
                    help="every training round ends after S seconds at the latest (default: the variant's, see README)")
@@ -346,6 +349,17 @@ def _deadline_overrides(a) -> dict:
                 heartbeat_timeout=a.heartbeat_timeout)
 
 
+def _site_backends(values: list[str] | None) -> dict[str, str]:
+    pairs = {}
+    for value in values or []:
+        site, _, backend = value.partition("=")
+        if not site or backend not in backend_names():
+            raise FedsegError(f"--site-backend takes SITE=BACKEND with BACKEND one of {', '.join(backend_names())} "
+                              f"(e.g. site-1=ray), got {value!r}")
+        pairs[site] = backend
+    return pairs
+
+
 def _site_gpus(values: list[str] | None) -> tuple[tuple[str, int], ...] | None:
     if not values:
         return None
@@ -365,30 +379,30 @@ def cmd_simulate(a) -> int:
     if a.resume:
         result = resume_run(Path(a.resume))
         return _print_simulation(result.results.job_dir.name, result, Path(a.resume) / "resumed")
-    job_dir = None
     if a.job:
-        job_dir = Path(a.job)
-        meta = job_dir / "meta.json"
+        meta = Path(a.job) / "meta.json"
         if not meta.is_file():
-            raise FedsegError(f"{job_dir}: not a job folder (no meta.json)")
+            raise FedsegError(f"{a.job}: not a job folder (no meta.json)")
+        # A committed folder is what the generator writes for its name (tests/test_jobs.py checks), so
+        # the generator's job runs; a hand-edited folder runs under plain `nvflare simulator`.
         job = committed_job(json.loads(meta.read_text())["name"])
     else:
         job = job_for(a.task or "spleen", a.algorithm)
     overridden = job.with_overrides(num_rounds=a.rounds, local_epochs=a.local_epochs,
                                     min_clients=a.min_clients or min(2, a.sites), privacy=a.privacy,
-                                    tracking=a.tracking, **_deadline_overrides(a))
-    if overridden != job:
-        job, job_dir = overridden, None  # re-export with the overrides instead of editing the folder
+                                    tracking=a.tracking,
+                                    algorithm_options=tuple(a.algorithm_option) if a.algorithm_option else None,
+                                    **_deadline_overrides(a))
+    job = overridden
     data_dir = Path(a.data or f"data/{job.task}")
     if a.run_dir:
         run_dir = claim_run_dir(Path(a.run_dir), overwrite=a.overwrite, flag="--run-dir", replaced=SIMULATE_OUTPUTS)
     else:
         run_dir = new_run_dir(job.name, f"{a.sites}sites", "simulator")
     print(f"run folder: {run_dir}", flush=True)
-    if a.initial_model:
-        job_dir = None  # exported afresh, with the starting model in it
     result = simulate(job, n_sites=a.sites, data_dir=data_dir, run_dir=run_dir, cases=a.cases, seed=a.seed,
-                      job_dir=job_dir, initial_weights=Path(a.initial_model) if a.initial_model else None)
+                      initial_weights=Path(a.initial_model) if a.initial_model else None,
+                      site_backends=_site_backends(a.site_backend))
     return _print_simulation(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local "
                              f"epochs ({job.variant} variant)", result, run_dir)
 
@@ -527,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run's files")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from a model (fedseg or NVFlare model file, or a MONAI bundle) instead of random weights")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--backend", choices=backend_names(), default="local",
+                   help="; ".join(f"{name}: {get_backend(name).summary}" for name in backend_names()))
     p.add_argument("--workers", type=positive_int, default=2, help="Ray workers (with --backend ray)")
     p.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0)
     p.add_argument("--address", default=None, help="Ray cluster address (ray://host:port or auto)")
@@ -593,8 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"),
                    help="exclude: normalization layers stay at each site; percentile: NVFlare PercentilePrivacy")
     _tracking_arg(p)
-    p.add_argument("--algorithm", default=None, choices=ALGORITHMS,
-                   help="with --task: NVFlare's FedAvg (default), FedProx or FedOpt recipe")
+    _algorithm_args(p, default=None)
     p.add_argument("--resume-from", default=None, metavar="FL_GLOBAL_MODEL.pt",
                    help="continue a stopped job from this saved global model, at the round after the one it records")
     p.add_argument("--server-path", default=None,
@@ -617,7 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs_allow_list)
 
     p = sub.add_parser("simulate", help="synth + split + nvflare simulator + results table")
-    p.add_argument("--job", default=None, help="a job folder (default: generated for --task)")
+    p.add_argument("--job", default=None,
+                   help="a committed job folder, e.g. jobs/spleen_fedavg (default: generated for --task); "
+                        "run hand-edited folders with `nvflare simulator`")
     p.add_argument("--task", default=None, choices=task_names())
     p.add_argument("--sites", type=positive_int, default=2)
     p.add_argument("--rounds", type=positive_int, default=None)
@@ -631,13 +647,15 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_arg(p)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--privacy", default=None, choices=("none", "exclude", "percentile"))
-    p.add_argument("--algorithm", default="fedavg", choices=ALGORITHMS, help="NVFlare's FedAvg, FedProx or FedOpt recipe")
+    _algorithm_args(p, default="fedavg")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a stopped run from its last global model (into RUN_DIR/resumed)")
     p.add_argument("--min-clients", type=positive_int, default=None,
                    help="the job goes on while this many sites deliver (default: 2, or 1 with one site)")
     p.add_argument("--initial-model", default=None, metavar="MODEL",
                    help="start from these weights: a fedseg or NVFlare model file or a MONAI bundle that fits the task")
+    p.add_argument("--site-backend", nargs="+", default=None, metavar="SITE=BACKEND",
+                   help="sites that train elsewhere than in process, e.g. site-1=ray (its own local Ray, 2 workers)")
     _deadline_args(p)
     p.set_defaults(func=cmd_simulate)
 

@@ -11,6 +11,11 @@ Example (``site_configs/site-1.yaml``)::
     cache_dir: .cache     # derived data such as Deepgrow 2D slices (default .fedseg_cache/<site>)
     training_only: false  # true: this site has no validation cases on purpose
     symlinks_outside_root: refuse  # refuse | warn: files reached through a symlink leading out of data_root
+    backend: local        # where training runs: local | ray (fedseg.backends)
+    ray:                  # only for backend: ray
+      workers: 2
+      gpus_per_worker: 0
+      round_timeout_s: 14400  # an FL round on Ray longer than this is stopped and withheld
     datasets:
       spleen:
         data_root: ../data/spleen                 # relative paths are relative to this file
@@ -31,6 +36,7 @@ from typing import Any, Callable
 
 import yaml
 
+from fedseg.backends import backend_names
 from fedseg.errors import ConfigError
 
 # Arithmetic precision a site may ask for (resolved per device in fedseg.engine.runtime).
@@ -58,6 +64,8 @@ class RaySettings:
     workers: int = 2
     gpus_per_worker: float = 0.0
     address: str | None = None
+    # The longest one FL round's fit() may take before the site stops its Ray and withholds the round.
+    round_timeout_s: float = 4 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,8 @@ _TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_threads": (lambda v: v is None or (_is_int(v) and v >= 1), "a whole number >= 1 (or omit it)"),
     "cache_rate": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number from 0 to 1"),
     "num_workers": (lambda v: _is_int(v) and 0 <= v <= 64, "a whole number from 0 to 64"),
-    "backend": (lambda v: v in ("local", "ray"), "'local' or 'ray'"),
-    "ray": (lambda v: isinstance(v, dict), "a mapping with workers, gpus_per_worker, address"),
+    "backend": (lambda v: v in backend_names(), "one of " + ", ".join(backend_names())),
+    "ray": (lambda v: isinstance(v, dict), "a mapping with workers, gpus_per_worker, address, round_timeout_s"),
     "cache_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path (relative to this file) for derived data"),
     "datasets": (lambda v: isinstance(v, dict) and bool(v), "a non-empty mapping of task name to data_root and datalist"),
     "training_only": (lambda v: isinstance(v, bool), "true or false"),
@@ -118,6 +126,7 @@ _RAY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "workers": (lambda v: _is_int(v) and 1 <= v <= 1024, "a whole number >= 1"),
     "gpus_per_worker": (lambda v: _is_number(v) and 0 <= v <= 16, "a number from 0 to 16"),
     "address": (lambda v: v is None or (isinstance(v, str) and bool(v)), "'auto', 'ray://host:port' or omitted"),
+    "round_timeout_s": (lambda v: _is_number(v) and 1 <= v <= 7 * 24 * 3600, "seconds from 1 to 604800"),
 }
 _DATASET_KEYS = ("data_root", "datalist")
 _DATASET_OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {

@@ -10,6 +10,7 @@ from fedseg.data.datalist import Datalist
 from fedseg.data.policy import CheckPolicy
 from fedseg.data.problems import ProblemReport
 from fedseg.site_config import SiteConfig
+from fedseg.tasks.kinds import task_kind
 from fedseg.tasks.spec import TaskSpec
 
 log = logging.getLogger("fedseg")
@@ -22,22 +23,13 @@ class SiteData:
     datalist: Datalist
     class_names: tuple[str, ...]
     report: ProblemReport
-    _slices: dict = field(default_factory=dict, repr=False)
+    _items: dict = field(default_factory=dict, repr=False)
 
     def items(self, split: str) -> list[dict]:
-        """MONAI data dicts of one split: the volumes, or for an interactive task their 2D samples."""
-        if not self.spec.interactive:
-            return self.datalist.items(split)
-        if split not in self._slices:
-            from fedseg.deepgrow.prepare import prepare_slices
-
-            out = self.site.derived_dir(self.spec.name) / f"{self.spec.variant_name}_{split}"
-            items = prepare_slices(self.spec, self.datalist.items(split), out, self.class_names).items
-            cap = self.spec.interaction.max_val_samples
-            if split == "validation" and cap and len(items) > cap:
-                items = [items[round(i * len(items) / cap)] for i in range(cap)]
-            self._slices[split] = items
-        return self._slices[split]
+        """MONAI data dicts of one split as the task's kind trains on them (volumes, or 2D samples), made once."""
+        if split not in self._items:
+            self._items[split] = task_kind(self.spec).items(self, split)
+        return self._items[split]
 
 
 def open_site_data(spec: TaskSpec, site: SiteConfig, *, strict: bool = True) -> SiteData:
@@ -53,6 +45,6 @@ def open_site_data(spec: TaskSpec, site: SiteConfig, *, strict: bool = True) -> 
         log.warning("site %s: %s", site.site, warning)
     if strict:
         report.raise_if_fatal(f"site {site.site!r}, task {spec.name!r} ({task_data.datalist})")
-    fits = info is not None and (spec.interactive or len(info.labels) == spec.num_classes)
+    fits = info is not None and (not spec.fixed_classes or len(info.labels) == spec.num_classes)
     names = info.labels if fits else spec.labels
     return SiteData(site, spec, datalist, tuple(names), report)

@@ -20,6 +20,7 @@ import numpy as np
 from fedseg.checkpoint import load_model
 from fedseg.engine import DiceScores, Runtime, SegmentationEngine
 from fedseg.site_data import SiteData
+from fedseg.tasks.kinds import task_kind
 from fedseg.tasks.spec import TaskSpec
 
 log = logging.getLogger("fedseg")
@@ -73,7 +74,7 @@ def write_overlays(spec: TaskSpec, model: Path, data: list[SiteData], out_dir: P
     Up to ``max_cases`` test cases, taken in turn from each site. Interactive tasks are skipped
     (their masks come from clicks; see the Dice-vs-clicks plot).
     """
-    if spec.interactive or max_cases < 1:
+    if not task_kind(spec).volume_pictures or max_cases < 1:
         return []
     from fedseg.infer import Predictor
     from fedseg.plots import figure_overlay, save_figure

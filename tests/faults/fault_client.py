@@ -12,8 +12,8 @@ import os
 
 import torch
 
+from fedseg import backends
 from fedseg.flare import client
-from fedseg.runners import site as site_module
 
 FAULTS = {site: (kind, int(first)) for site, kind, first in
           ((part.split(":") + ["0"])[:3] for part in os.environ.get("FEDSEG_TEST_FAULT", "").split(",") if part)}
@@ -23,7 +23,7 @@ class FaultyTrainer:
     def __init__(self, inner, name):
         self.inner, self.name, self.calls = inner, name, 0
 
-    def train(self, weights, epochs, progress=None, regularizer=None):
+    def train(self, weights, epochs, progress=None, hooks=None, slot="global"):
         self.calls += 1
         kind, first = FAULTS.get(self.name, ("none", 0))
         if kind != "none" and self.calls > first:
@@ -34,17 +34,17 @@ class FaultyTrainer:
                 real_loss = engine.loss_fn
                 engine.loss_fn = lambda out, y: real_loss(out, y) * torch.tensor(float("nan"))
                 try:
-                    return self.inner.train(weights, epochs, progress, regularizer)
+                    return self.inner.train(weights, epochs, progress, hooks, slot)
                 finally:
                     engine.loss_fn = real_loss
             if kind in ("extra_key", "half"):
-                result = self.inner.train(weights, epochs, progress, regularizer)
+                result = self.inner.train(weights, epochs, progress, hooks, slot)
                 if kind == "extra_key":
                     result.weights["injected.weight"] = torch.zeros(3)
                 else:
                     result.weights = {k: v.half() if v.ndim == 5 else v for k, v in result.weights.items()}
                 return result
-        return self.inner.train(weights, epochs, progress, regularizer)
+        return self.inner.train(weights, epochs, progress, hooks, slot)
 
     def evaluate(self, weights, split):
         return self.inner.evaluate(weights, split)
@@ -53,7 +53,7 @@ class FaultyTrainer:
         self.inner.close()
 
 
-_real = site_module.make_site_trainer
+_real = backends.make_site_trainer
 
 
 def faulty(data, runtime, seed=0):

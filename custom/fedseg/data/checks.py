@@ -285,10 +285,10 @@ def check_dataset_info(root: Path, spec: TaskSpec, report: ProblemReport) -> Dat
     if info is None:
         return None
     # An interactive task segments whatever objects the dataset labels.
-    if not spec.interactive and len(info.labels) != spec.num_classes:
+    if spec.fixed_classes and len(info.labels) != spec.num_classes:
         report.add("label_count_mismatch", path,
                    f"declares {len(info.labels)} labels {info.labels}; task {spec.name!r} has {spec.num_classes}")
-    elif not spec.interactive:
+    elif spec.fixed_classes:
         _compare_class_names(path, info.labels, spec, report)
     if len(info.modalities) != spec.image_channels:
         report.add("channel_count_mismatch", path,
@@ -321,7 +321,7 @@ def check_data(spec: TaskSpec, data_root: Path, datalist: Path, *,
         report.add("unexpected_error", datalist, f"datalist could not be checked: {type(exc).__name__}: {exc}"[:400])
         return empty, info, report
     report.extend(list_report)
-    names = info.labels if spec.interactive and info else None
+    names = None if spec.fixed_classes or not info else info.labels
     for split in splits:
         for case in parsed.cases(split):
             check_case(case, spec, split, report, names, policy)

@@ -18,6 +18,7 @@ from monai.inferers import sliding_window_inference
 
 from fedseg.engine.components import build_loss, build_optimizer
 from fedseg.engine.data import EvalData, TrainData, make_eval_data, make_train_data
+from fedseg.engine.hooks import NO_HOOKS, TrainHooks
 from fedseg.engine.metrics import DiceScores, case_dice
 from fedseg.engine.runtime import Runtime, seed_everything
 from fedseg.errors import NonFiniteLossError
@@ -38,6 +39,8 @@ class TrainResult:
     iterations: int
     epoch_losses: list[float] = field(default_factory=list)
     learning_rate: float = 0.0
+    # What the round's fedseg.engine.hooks.RoundHooks handed back (e.g. SCAFFOLD's new controls).
+    extras: dict = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
@@ -104,14 +107,13 @@ class SegmentationEngine:
     # Training -------------------------------------------------------------------------------------
     def train(self, data: TrainData, *, epochs: int | None = None, iterations: int | None = None,
               weights: Mapping | None = None, progress: tuple[float, float] | None = None,
-              label: str = "train", regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None,
-              ) -> TrainResult:
+              label: str = "train", hooks: TrainHooks | None = None) -> TrainResult:
         """Train from ``weights`` (or the current ones) for ``epochs`` passes or ``iterations`` steps.
 
         ``progress`` is the part of the whole run this call covers (e.g. round r of R is
         ``(r/R, (r+1)/R)``); the learning rate follows the spec's schedule across it. Without it
         the rate stays at the spec's base value.
-        ``regularizer(network)`` is added to every step's loss (e.g. FedProx's proximal term).
+        ``hooks`` (an FL algorithm's) add a term to every step's loss and act after every optimizer step.
         Raises :class:`NonFiniteLossError` on a NaN or infinite loss; the weights are then unusable.
         """
         if (epochs is None) == (iterations is None):
@@ -125,6 +127,7 @@ class SegmentationEngine:
         start, end = progress if progress is not None else (0.0, 0.0)
         schedule = (lambda i: self.spec.lr_at(start + (end - start) * i / total)) if progress else None
         reporter = Progress(label, total)
+        hooks = hooks or NO_HOOKS
         self.model.train()
         step, losses = 0, []
         for epoch in range(n_epochs):
@@ -139,14 +142,16 @@ class SegmentationEngine:
                 self.optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
                     loss = self.loss_fn(self.model(x), y)
-                    if regularizer is not None:
-                        loss = loss + regularizer(self.network)
+                    if hooks.loss_term is not None:
+                        loss = loss + hooks.loss_term(self.network)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise NonFiniteLossError(epoch, step, value)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if hooks.after_step is not None:
+                    hooks.after_step(self.network, self.optimizer.param_groups[0]["lr"])
                 running, count, step = running + value, count + 1, step + 1
                 reporter.update(step, loss=value)
                 if step >= total:

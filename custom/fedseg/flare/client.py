@@ -24,25 +24,20 @@ import nvflare.client as flare
 import torch
 from nvflare.client.tracking import SummaryWriter
 
+from fedseg.algorithms import algorithm_names, algorithm_option, get_algorithm
+from fedseg.backends import make_site_trainer
 from fedseg.checkpoint import save_model
 from fedseg.data.fingerprint import changes, take_fingerprint
 from fedseg.engine import Runtime
-from fedseg.engine.engine import to_state_dict
 from fedseg.errors import ConfigError, FedsegError, NonFiniteLossError
-from fedseg.flare.controller import LEAVING
-from fedseg.flare.guard import WITHHELD
-from fedseg.networks import build_network
+from fedseg.flare.constants import LEAVING, NUM_STEPS, WITHHELD
 from fedseg.progress import log_lines_only
-from fedseg.runners.site import make_site_trainer
 from fedseg.site_config import find_site_config, load_site_config
 from fedseg.site_data import open_site_data
 from fedseg.tasks import VARIANTS, get_task, task_names
 from fedseg.transforms import seed_from
 
 log = logging.getLogger("fedseg")
-
-# FedAvg weighs each update by this meta entry (see the FedAvg controller).
-NUM_STEPS = "NUM_STEPS_CURRENT_ROUND"
 
 
 class SiteFailure(RuntimeError):
@@ -58,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-local", default=None, metavar="REGEX",
                    help="parameters matching REGEX stay the site's own (e.g. normalization layers, FedBN)")
+    p.add_argument("--algorithm", default="fedavg", choices=algorithm_names(),
+                   help="the FL algorithm's site side (fedseg.algorithms); the server runs its controller")
+    p.add_argument("--algorithm-option", action="append", default=[], type=algorithm_option, metavar="NAME=VALUE",
+                   help="one of the algorithm's options (repeatable)")
     return p.parse_args(argv)
 
 
@@ -162,25 +161,6 @@ def _open_site(site: str, args: argparse.Namespace):
     return spec, data, runtime, cfg
 
 
-def fedprox_term(model, params, spec, runtime):
-    """NVFlare's ``PTFedProxLoss`` against the received global model, when the server sends ``fedprox_mu``.
-
-    FedProx jobs (NVFlare's ``FedProxRecipe``) put the coefficient in every training task's meta.
-    """
-    from nvflare.app_common.app_constant import AlgorithmConstants
-    from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
-
-    mu = (model.meta or {}).get(AlgorithmConstants.FEDPROX_MU)
-    if not mu:
-        return None
-    log.info("fedseg: round %s trains with FedProx's proximal term, mu %g", model.current_round, float(mu))
-    reference = build_network(spec).to(runtime.device)
-    reference.load_state_dict(to_state_dict(params))
-    reference.requires_grad_(False)
-    proximal = PTFedProxLoss(mu=float(mu))
-    return lambda network: proximal(network, reference)
-
-
 def round_progress(model) -> tuple[float, float]:
     """The part of the whole federated run that this round covers (a resumed job starts part-way)."""
     start = model.start_round or 0
@@ -216,14 +196,20 @@ def main(argv: list[str] | None = None) -> None:
     log_lines_only()
     flare.init()
     site = flare.get_site_name()
+    algorithm = get_algorithm(args.algorithm)
     try:
         spec, data, runtime, cfg = _open_site(site, args)
+        if cfg.backend not in algorithm.backends:
+            raise SiteFailure(f"site {site} cannot train: {algorithm.name} does not run on backend {cfg.backend!r} "
+                              f"(it supports {', '.join(algorithm.backends)})")
+        rounds = algorithm.site(dict(args.algorithm_option))
     except SiteFailure as failure:
         _leave(failure)
         return
     import fedseg
 
-    log.info("fedseg %s: fedseg %s from %s", site, fedseg.__version__, Path(fedseg.__file__).parent)
+    log.info("fedseg %s: fedseg %s from %s; algorithm %s", site, fedseg.__version__, Path(fedseg.__file__).parent,
+             algorithm.name)
     fingerprint = take_fingerprint(data.datalist)
     trainer = make_site_trainer(data, runtime, seed=seed_from(args.seed, zlib.crc32(site.encode())))
     tracker = SummaryWriter()
@@ -242,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             if flare.is_submit_model():
                 if last_weights is None:
                     raise SiteFailure(f"site {site}: asked for its local model before training any round")
-                flare.send(flare.FLModel(params=last_weights))
+                flare.send(flare.FLModel(params=rounds.model_to_submit(last_weights)))
                 continue
             params = keep_local(model.params, last_weights, args.keep_local)
             if flare.is_evaluate():
@@ -254,19 +240,29 @@ def main(argv: list[str] | None = None) -> None:
             val = trainer.evaluate(params, "validation")
             log.info("fedseg %s round %s: training %d local epoch(s)", site, model.current_round, args.local_epochs)
             try:
-                result = trainer.train(params, args.local_epochs, progress=round_progress(model),
-                                       regularizer=fedprox_term(model, params, spec, runtime))
+                output = rounds.train_round(trainer, params, model.meta or {}, epochs=args.local_epochs,
+                                            progress=round_progress(model))
             except NonFiniteLossError as exc:
                 # Withhold this round's update; the server's UpdateGuard logs it and FedAvg skips it.
                 log.error("fedseg %s round %s: %s; update withheld", site, model.current_round, exc)
                 flare.send(flare.FLModel(metrics=val.as_metrics("val"), meta={WITHHELD: f"non-finite loss ({exc.value})"}))
                 continue
+            except FedsegError as exc:
+                # The details stay here (a message may name local things); the server learns the kind only.
+                log.error("fedseg %s round %s: training failed: %s; update withheld", site, model.current_round, exc)
+                flare.send(flare.FLModel(metrics=val.as_metrics("val"),
+                                         meta={WITHHELD: f"training failed at the site ({type(exc).__name__})"}))
+                continue
+            result = output.result
             last_weights = result.weights
             save_model(local_model, result.weights, spec, round=model.current_round)
+            for name, weights in rounds.models_to_keep().items():
+                save_model(out / f"{spec.name}_{name}_model.pt", weights, spec, round=model.current_round)
             # Only finite numbers travel: a site without validation cases sends no val_dice at all (the
             # server then leaves it out of best-model selection, and says so), not a NaN.
             metrics = {k: v for k, v in {**val.as_metrics("val"), "train_loss": result.final_loss,
-                                         "learning_rate": result.learning_rate}.items() if math.isfinite(v)}
+                                         "learning_rate": result.learning_rate, **output.metrics}.items()
+                       if math.isfinite(v)}
             with history.open("a") as fh:  # stays at the site
                 fh.write(json.dumps({"round": model.current_round, "seconds": round(time.perf_counter() - start, 2),
                                      "global_weights_norm": weights_norm(model.params), **metrics}) + "\n")
@@ -275,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("fedseg %s round %s: global model val_dice %.4f; trained %d iteration(s), loss %.4f",
                      site, model.current_round, val.mean, result.iterations, result.final_loss)
             flare.send(flare.FLModel(params=result.weights, metrics=metrics,
-                                     meta={NUM_STEPS: result.n_samples}))
+                                     meta={NUM_STEPS: result.n_samples, **output.meta}))
     finally:
         trainer.close()
 

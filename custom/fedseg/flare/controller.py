@@ -37,13 +37,9 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.fedavg import FedAvg
 
+from fedseg.flare.constants import CTRL_DIFF, CTRL_GLOBAL, KEY_METRIC, LEAVING, NUM_STEPS, WITHHELD
 from fedseg.flare.federation_record import ABORTED, COMPLETED, RECORD_FILE, TOO_FEW_SITES, FederationRecord
-from fedseg.flare.guard import WITHHELD
-from fedseg.flare.jobs import KEY_METRIC
 from fedseg.flare.liveness import LIVENESS_ID, SiteLiveness
-
-# Meta key a site sets on its last result when it takes no further part (its reason is under WITHHELD).
-LEAVING = "fedseg_leaving"
 
 
 class TooFewSites(RuntimeError):
@@ -225,6 +221,10 @@ class ConsortiumRounds:
                     f"{self.min_clients} cannot be reached")
         return None
 
+    def _round_info(self) -> dict:
+        """What an algorithm adds to the round's entry in ``fedseg_federation.json``."""
+        return {}
+
     def _is_silent(self, site: str) -> bool:
         return self._liveness is not None and self._liveness.is_silent(site)
 
@@ -242,6 +242,7 @@ class ConsortiumRounds:
             "failed": failed, "missed": missed, "cut_short": cut_short, "left": r.left,
             "not_in_best_model_selection": sorted(r.unscored),
             "closed_because": r.closed_because or "all answered", "seconds": round(time.monotonic() - r.start, 1),
+            **self._round_info(),
         })
         if missed:
             self.warning(f"fedseg: round {r.number}: no answer from {', '.join(missed)} by the round's close "
@@ -291,3 +292,84 @@ class ConsortiumFedOpt(ConsortiumRounds, _fedopt_base()):
             state = {k: torch.as_tensor(v) for k, v in global_model.params.items()}
             self.torch_model.load_state_dict(state, strict=False)
         return super().update_model(global_model, aggr_result)
+
+
+class ConsortiumScaffold(ConsortiumRounds, FedAvg):
+    """SCAFFOLD on NVFlare's FedAvg under fedseg's round rules (deadlines, lost sites, resume).
+
+    NVFlare's own ``Scaffold`` workflow waits for every site without a deadline and raises on a
+    withheld update, so the SCAFFOLD parts are added here instead, with NVFlare's pieces and
+    formula (``scaffold_aggregate_fn``): the global controls go out in every training task's
+    meta; each site's control difference is averaged with the same weight as its update and
+    added to the global controls. A non-empty update without a control difference is left out of
+    the round. Rounds with sites missing average the controls of the sites that delivered (NVFlare's
+    weighted mean, not the paper's |S|/N scaling). The controls live in server memory: a resumed
+    job starts them from zero (logged).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._controls: dict | None = None
+        self._ctrl_helper = None
+        self._round_diff: dict | None = None
+
+    def sample_clients(self, num_clients: int | None = None) -> list[str]:
+        from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+
+        self._ctrl_helper = WeightedAggregationHelper()
+        return super().sample_clients(num_clients)
+
+    def send_model(self, task_name: str = "train", data: FLModel | None = None, targets=None,
+                   min_responses: int | None = None, timeout: int = 0, callback=None) -> None:
+        if data is not None and task_name == self.task_name:
+            if self._controls is None:
+                import numpy as np
+
+                self._controls = {k: np.zeros_like(np.asarray(v), dtype=np.float32) for k, v in data.params.items()}
+                if self.start_round:
+                    self.warning(f"fedseg: SCAFFOLD resumes at round {self.start_round} with its control "
+                                 "variates at zero (they are not saved with the global model)")
+            data.meta = dict(data.meta or {}, **{CTRL_GLOBAL: self._controls})
+        super().send_model(task_name=task_name, data=data, targets=targets, min_responses=min_responses,
+                           timeout=timeout, callback=callback)
+
+    def _aggregate_one_result(self, result: FLModel) -> bool:
+        meta = result.meta or {}
+        if result.params and CTRL_DIFF not in meta:
+            site = meta.get("client_name", "unknown site")
+            if self._round is not None:
+                self._round.withheld[site] = "no SCAFFOLD control difference in the update"
+            self.warning(f"fedseg: {site}'s update carries no SCAFFOLD control difference; left out of the round")
+            return False
+        accepted = super()._aggregate_one_result(result)
+        if accepted:
+            site = meta.get("client_name", "unknown site")
+            weight = (self.aggregation_weights or {}).get(site, 1.0) * float(meta.get(NUM_STEPS, 1.0))
+            self._ctrl_helper.add(data=meta[CTRL_DIFF], weight=weight, contributor_name=site,
+                                  contribution_round=self.current_round)
+        return accepted
+
+    def _get_aggregated_result(self) -> FLModel:
+        self._round_diff = self._ctrl_helper.get_result()  # read once: the helper resets itself
+        result = super()._get_aggregated_result()
+        # NVFlare's scaffold_aggregate_fn puts the mean control difference here too.
+        result.meta[CTRL_DIFF] = self._round_diff
+        return result
+
+    def _round_info(self) -> dict:
+        import numpy as np
+
+        norm = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in (self._round_diff or {}).values())))
+        return {"scaffold_control_difference_norm": round(norm, 6)}
+
+    def update_model(self, global_model: FLModel, aggr_result: FLModel) -> FLModel:
+        model = super().update_model(global_model, aggr_result)
+        self.add_control_difference(aggr_result.meta[CTRL_DIFF])
+        (model.meta or {}).pop(CTRL_DIFF, None)  # not sent back out with the next round's model
+        return model
+
+    def add_control_difference(self, diff: dict) -> None:
+        """The global controls grow by the round's mean control difference (``Scaffold._run_rounds``)."""
+        for name, delta in diff.items():
+            if name in self._controls:
+                self._controls[name] = self._controls[name] + delta

@@ -37,10 +37,9 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
+from fedseg.flare.constants import CTRL_DIFF, WITHHELD
 from fedseg.networks import NORM_LAYERS
 
-# Meta key a client sets when it withholds its update, with the reason as value.
-WITHHELD = "fedseg_withheld"
 _SHOWN = 5  # keys named per problem in the log
 
 
@@ -136,6 +135,27 @@ def global_reference(fl_ctx: FLContext) -> Reference | None:
     return None
 
 
+def control_problems(controls, reference: Reference | None) -> list[str]:
+    """Why a SCAFFOLD control difference must not be averaged: it is added to the global controls
+    every later round starts from, so one NaN would poison them all. Its keys are a subset of the
+    model's (trainable parameters only), each of the model's shape."""
+    if not isinstance(controls, dict) or not controls:
+        return ["its SCAFFOLD control difference is not a mapping of tensors"]
+    described = {k: describe(v) for k, v in controls.items()}
+    found = [f"SCAFFOLD control {p}" for p in update_problems(controls, None)]
+    if reference is not None:
+        unknown = sorted(k for k in described if k not in reference.variables)
+        if unknown:
+            found.append(f"{len(unknown)} SCAFFOLD control(s) for variables the global model does not have: "
+                         f"{_names(unknown)}")
+        shapes = [f"{k} {list(v.shape)} (expected {list(reference.variables[k].shape)})"
+                  for k, v in sorted(described.items())
+                  if v is not None and k in reference.variables and v.shape != reference.variables[k].shape]
+        if shapes:
+            found.append(f"{len(shapes)} SCAFFOLD control(s) of another shape: {_names(shapes)}")
+    return found
+
+
 def update_problems(data: dict, reference: Reference | None) -> list[str]:
     """Why an update must not be averaged (empty: it may be)."""
     described = {k: describe(v) for k, v in data.items()}
@@ -174,7 +194,11 @@ class UpdateGuard(DXOFilter):
         if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
             return None  # metrics may legitimately hold NaN (a class no case has)
         data = dxo.data if isinstance(dxo.data, dict) else {}
-        problems = update_problems(data, global_reference(fl_ctx))
+        reference = global_reference(fl_ctx)
+        problems = update_problems(data, reference)
+        controls = dxo.get_meta_prop(CTRL_DIFF)
+        if controls is not None:
+            problems += control_problems(controls, reference)
         if problems:
             self.log_warning(fl_ctx, f"fedseg: update from {site} in round {current_round} excluded from the "
                                      f"average: " + "; ".join(problems))

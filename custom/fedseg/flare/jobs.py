@@ -9,6 +9,7 @@ checks that regenerating changes nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -16,17 +17,18 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fedseg.algorithms import algorithm_names, get_algorithm
+from fedseg.algorithms.base import PRIVACY
 from fedseg.errors import CheckpointError, FedsegError
+from fedseg.flare.constants import HEARTBEAT_INTERVAL_S, KEY_METRIC
 from fedseg.networks import NORM_LAYERS, TaskNetwork
 from fedseg.tasks import get_task
 
+log = logging.getLogger("fedseg")
+
 CLIENT_SCRIPT = Path(__file__).with_name("fedseg_client.py")
-# NVFlare's own recipes: FedAvg, FedProx (FedAvg + a proximal term at the sites, mu sent by the
-# server) and FedOpt (server-side SGD with momentum on the averaged update).
-ALGORITHMS = ("fedavg", "fedprox", "fedopt")
-PRIVACY = ("none", "exclude", "percentile")
-KEY_METRIC = "val_dice"
-HEARTBEAT_INTERVAL_S = 5.0
+# The FL algorithms (fedseg.algorithms): FedAvg, FedProx, FedOpt, SCAFFOLD, Ditto.
+ALGORITHMS = algorithm_names()
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,9 @@ class JobSpec:
     # overrides as (site, gpus) pairs. A CPU-only POC still schedules them: see fedseg.flare.poc.
     gpus: int = 1
     site_gpus: tuple[tuple[str, int], ...] = ()
-    fedprox_mu: float = 0.01
-    # FedOpt's server optimizer on the averaged update (NVFlare's default: SGD, lr 1, momentum 0.6).
-    server_lr: float = 1.0
-    server_momentum: float = 0.6
+    # The algorithm's options as (name, value) pairs, e.g. (("mu", 0.05),) for FedProx; the rest take
+    # the defaults the algorithm declares (fedseg.algorithms.<name>).
+    algorithm_options: tuple[tuple[str, float], ...] = ()
     # Seconds; None: the variant's default in DEADLINES.
     round_timeout: int | None = None
     straggler_grace: int | None = None
@@ -91,8 +92,9 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         get_task(self.task, self.variant)  # refuses unknown tasks and variants early
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        # Pairs may come back from run.json as lists; keep them hashable and comparable.
+        object.__setattr__(self, "algorithm_options", tuple((str(k), v) for k, v in self.algorithm_options))
+        object.__setattr__(self, "site_gpus", tuple((str(k), n) for k, n in self.site_gpus))
         if self.privacy not in PRIVACY:
             raise ValueError(f"unknown privacy option {self.privacy!r}; choose one of {', '.join(PRIVACY)}")
         for what in ("num_rounds", "local_epochs", "min_clients"):
@@ -105,9 +107,7 @@ class JobSpec:
                 raise ValueError(f"{what} must be at least 1 second, got {getattr(self, what)}")
         if self.straggler_grace is not None and self.straggler_grace < 0:
             raise ValueError(f"straggler_grace cannot be negative, got {self.straggler_grace}")
-        if self.algorithm == "fedopt" and self.privacy == "exclude":
-            raise ValueError("privacy 'exclude' needs every variable in the update; FedOpt's server optimizer "
-                             "would step variables that never arrive")
+        get_algorithm(self.algorithm).check(self)  # unknown algorithms, their options and what they support
         if self.tracking not in ("tensorboard", "mlflow"):
             raise ValueError(f"unknown tracking {self.tracking!r}; choose tensorboard or mlflow")
         if self.initial_model is not None and not Path(self.initial_model).is_absolute():
@@ -133,7 +133,7 @@ class JobSpec:
         args = f"--task {self.task} --variant {self.variant} --local-epochs {self.local_epochs} --seed {self.seed}"
         if self.privacy == "exclude":
             args += f" --keep-local {NORM_LAYERS}"
-        return args
+        return args + get_algorithm(self.algorithm).client_args(self)
 
     @property
     def resource_spec(self) -> dict:
@@ -159,6 +159,8 @@ COMMITTED: tuple[JobSpec, ...] = (
     # The algorithms for heterogeneous sites, on the spleen job's schedule.
     JobSpec("spleen", algorithm="fedprox"),
     JobSpec("spleen", algorithm="fedopt"),
+    JobSpec("spleen", algorithm="scaffold"),
+    JobSpec("spleen", algorithm="ditto"),
 )
 
 
@@ -176,33 +178,18 @@ def committed_job(name: str) -> JobSpec:
 
 
 def _recipe_class(job: JobSpec, installed_client: bool):
-    """NVFlare's PyTorch FedAvg (or FedProx) recipe, its controller swapped for fedseg's consortium one.
+    """NVFlare's PyTorch FedAvg recipe with the algorithm's controller (fedseg's consortium rules) in place.
 
-    FedOpt uses the same recipe with NVFlare's ModelController-based FedOpt controller (instead of
-    ``FedOptRecipe``'s ScatterAndGather), so that every algorithm shares the round deadlines, lost-site
-    handling and resume of :mod:`fedseg.flare.controller`.
+    Every algorithm's controller is a ModelController on FedAvg's round loop (FedOpt's too, instead of
+    ``FedOptRecipe``'s ScatterAndGather; SCAFFOLD's instead of NVFlare's blocking ``Scaffold``), so that
+    all share the round deadlines, lost-site handling and resume of :mod:`fedseg.flare.controller`.
     """
-    from nvflare.app_opt.pt.recipes import FedAvgRecipe, FedProxRecipe
+    from nvflare.app_opt.pt.recipes import FedAvgRecipe
 
-    from fedseg.flare.controller import ConsortiumFedAvg, ConsortiumFedOpt
-
-    base = FedProxRecipe if job.algorithm == "fedprox" else FedAvgRecipe
+    algorithm = get_algorithm(job.algorithm)
     deadlines = job.deadlines
 
-    def controller_class(**common):
-        if job.algorithm != "fedopt":
-            return ConsortiumFedAvg(**common)
-        # "config_type": "dict" keeps NVFlare's config builder from instantiating these at load time
-        # (FedOpt builds them itself, around the model's parameters).
-        return ConsortiumFedOpt(
-            source_model=TaskNetwork(job.task, job.variant),
-            optimizer_args={"path": "torch.optim.SGD", "args": {"lr": job.server_lr, "momentum": job.server_momentum},
-                            "config_type": "dict"},
-            lr_scheduler_args={"path": "torch.optim.lr_scheduler.CosineAnnealingLR",
-                               "args": {"T_max": 3, "eta_min": 0.9}, "config_type": "dict"},  # NVFlare's default
-            **common)
-
-    class ConsortiumFedAvgRecipe(base):
+    class ConsortiumFedAvgRecipe(FedAvgRecipe):
         def __init__(self, *args, start_round: int = 0, **kwargs):
             self.start_round = start_round
             super().__init__(*args, **kwargs)
@@ -215,7 +202,8 @@ def _recipe_class(job: JobSpec, installed_client: bool):
             return InstalledClientRunner(self.train_args, self.params_transfer_type)
 
         def _create_controller(self, persistor_id, model_params, model_aggregator):
-            return controller_class(
+            return algorithm.controller(
+                job,
                 min_clients=self.min_clients,
                 task_check_period=POLLING[job.variant][1],
                 round_timeout=deadlines.round,
@@ -233,7 +221,6 @@ def _recipe_class(job: JobSpec, installed_client: bool):
                 aggregation_weights=self.aggregation_weights,
                 memory_gc_rounds=self.server_memory_gc_rounds,
                 enable_tensor_disk_offload=self.enable_tensor_disk_offload,
-                **self._get_controller_kwargs(),  # FedProx: fedprox_mu, sent to the sites each round
             )
 
     return ConsortiumFedAvgRecipe
@@ -252,12 +239,14 @@ def build_recipe(job: JobSpec, client_script: str | None = None, initial_ckpt: s
     from nvflare.client.config import TransferType
     from nvflare.recipe import add_experiment_tracking, set_recipe_meta
 
+    from fedseg.flare.cross_site import ConsortiumCrossSiteEval
     from fedseg.flare.guard import UpdateGuard
     from fedseg.flare.liveness import LIVENESS_ID, SiteHeartbeat, SiteLiveness
+    from fedseg.flare.recipe_ext import (LOCATOR_ID, add_client_component, add_cross_site_evaluation,
+                                         add_server_component, installed_packages)
 
     model = {"class_path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
     recipe = _recipe_class(job, installed_client=client_script is None)(
-        **({"fedprox_mu": job.fedprox_mu} if job.algorithm == "fedprox" else {}),
         name=job.name,
         model=model,
         initial_ckpt=initial_ckpt or job.initial_model,
@@ -270,13 +259,17 @@ def build_recipe(job: JobSpec, client_script: str | None = None, initial_ckpt: s
         key_metric_mode="max",
         # FedOpt's server optimizer and percentile privacy act on weight differences, which the Client
         # API then computes for us.
-        params_transfer_type=TransferType.DIFF if job.algorithm == "fedopt" or job.privacy == "percentile"
-        else TransferType.FULL,
+        params_transfer_type=getattr(TransferType, get_algorithm(job.algorithm).transfer_type(job)),
     )
-    _add_cross_site_evaluation(recipe, job.deadlines)
+    # NVFlare's cross-site evaluation with fedseg's bounded, lost-site-aware controller (one model's
+    # validation at one site takes less than a training round).
+    deadlines = job.deadlines
+    add_cross_site_evaluation(recipe, ConsortiumCrossSiteEval(
+        model_locator_id=LOCATOR_ID, submit_model_timeout=deadlines.round, validation_timeout=deadlines.round,
+        wait_for_clients_timeout=deadlines.heartbeat))
     recipe.add_server_config({"server": {"task_request_interval": POLLING[job.variant][0]}})
-    recipe._job.to_server(SiteLiveness(heartbeat_timeout=job.deadlines.heartbeat), id=LIVENESS_ID)
-    recipe._job.to_clients(SiteHeartbeat(interval=HEARTBEAT_INTERVAL_S), id="fedseg_heartbeat")
+    add_server_component(recipe, SiteLiveness(heartbeat_timeout=deadlines.heartbeat), LIVENESS_ID)
+    add_client_component(recipe, SiteHeartbeat(interval=HEARTBEAT_INTERVAL_S), "fedseg_heartbeat")
     # Sites stream loss, learning rate and per-class Dice; the server writes them (TensorBoard or MLflow).
     add_experiment_tracking(recipe, job.tracking)
     set_recipe_meta(recipe, JobMetaKey.RESOURCE_SPEC, job.resource_spec)
@@ -289,31 +282,37 @@ def build_recipe(job: JobSpec, client_script: str | None = None, initial_ckpt: s
     elif job.privacy == "percentile":
         recipe.add_client_output_filter(PercentilePrivacy(percentile=10, gamma=0.01), tasks=["train"])
     # fedseg is installed where the job runs (or bundled whole, see export_job): tell the exporter
-    # not to copy the source files of fedseg components into app/custom. The recipe API has no
-    # public handle for this FedJob setting.
-    recipe._job.set_app_packages(["fedseg"])
+    # not to copy the source files of fedseg components into app/custom.
+    installed_packages(recipe, ["fedseg"])
     return recipe
 
 
-def _add_cross_site_evaluation(recipe, deadlines: Deadlines) -> None:
-    """NVFlare's cross-site evaluation with fedseg's bounded, lost-site-aware controller in its place."""
-    from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
-    from nvflare.recipe import add_cross_site_evaluation
-
-    from fedseg.flare.cross_site import ConsortiumCrossSiteEval
-
-    # One model's validation at one site takes less than a training round.
-    add_cross_site_evaluation(recipe, submit_model_timeout=deadlines.round, validation_timeout=deadlines.round)
-    # The recipe API offers no way to choose the controller class: swap it in the job's server app.
-    for workflow in recipe._job._deploy_map["server"].app_config.workflows:
-        stock = workflow.controller
-        if type(stock) is CrossSiteModelEval:
-            workflow.controller = ConsortiumCrossSiteEval(
-                model_locator_id=stock._model_locator_id, submit_model_timeout=deadlines.round,
-                validation_timeout=deadlines.round, wait_for_clients_timeout=deadlines.heartbeat)
-
-
 SHIPPED_INITIAL_MODEL = "fedseg_initial_model.pt"
+
+
+@contextlib.contextmanager
+def staged_recipe(job: JobSpec, client_script: Path | None = None, initial_weights: Path | None = None):
+    """The recipe for ``job``, built in a fresh working folder holding at most the client stub and the
+    starting model; the folder (and the working directory) is left when the block ends.
+
+    NVFlare then records the script by its bare name and copies no fedseg modules next to it, so the
+    job stays machine-independent. ``initial_weights`` (a fedseg or NVFlare model file, or a MONAI
+    bundle that fits the task) is checked first and shipped as the job's starting global model.
+    """
+    initial = None
+    if initial_weights is not None:
+        from fedseg.checkpoint import load_initial_model
+
+        initial = load_initial_model(Path(initial_weights), get_task(job.task, job.variant))
+    shipped = Path(client_script).resolve() if client_script else None
+    with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):
+        if shipped is not None:
+            shutil.copyfile(shipped, shipped.name)
+        if initial is not None:
+            from fedseg.checkpoint import save_nvflare_checkpoint
+
+            save_nvflare_checkpoint(Path(SHIPPED_INITIAL_MODEL), initial)
+        yield build_recipe(job, shipped.name if shipped else None, SHIPPED_INITIAL_MODEL if initial is not None else None)
 
 
 def export_job(job: JobSpec, out_root: Path, client_script: Path | None = None, *, bundle_code: bool = False,
@@ -330,27 +329,13 @@ def export_job(job: JobSpec, out_root: Path, client_script: Path | None = None, 
     file on the server instead and exports with ``initial_model`` set to its path there.
     """
     out_root = Path(out_root).resolve()
-    initial = None
-    if initial_weights is not None:
-        from fedseg.checkpoint import load_initial_model
-
-        initial = load_initial_model(Path(initial_weights), get_task(job.task, job.variant))
-    shipped = Path(client_script or CLIENT_SCRIPT).resolve() if (client_script or bundle_code) else None
     target = out_root / job.name
-    if target.exists():
-        shutil.rmtree(target)
-    out_root.mkdir(parents=True, exist_ok=True)
-    # Export from a folder holding at most the client stub: NVFlare then records the script by its
-    # bare name and copies no fedseg modules next to it, so the job stays machine-independent.
-    with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):
-        if shipped is not None:
-            shutil.copyfile(shipped, shipped.name)
-        if initial is not None:
-            from fedseg.checkpoint import save_nvflare_checkpoint
-
-            save_nvflare_checkpoint(Path(SHIPPED_INITIAL_MODEL), initial)
-        build_recipe(job, shipped.name if shipped else None,
-                     SHIPPED_INITIAL_MODEL if initial is not None else None).export(str(out_root))
+    script = client_script or (CLIENT_SCRIPT if bundle_code else None)
+    with staged_recipe(job, script, initial_weights) as recipe:  # a model that does not fit is refused first
+        if target.exists():
+            shutil.rmtree(target)
+        out_root.mkdir(parents=True, exist_ok=True)
+        recipe.export(str(out_root))
     if bundle_code:
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, target / "app" / "custom" / "fedseg",
@@ -391,5 +376,8 @@ def resumed(job: JobSpec, model_file: Path, server_path: str | None = None) -> J
     total = job.start_round + job.num_rounds
     if done >= total:
         raise FedsegError(f"{model_file}: saved after round {done - 1}; the job's {total} rounds are all done")
+    note = get_algorithm(job.algorithm).resume_note
+    if note:
+        log.warning("fedseg: %s resumes at round %d: %s", job.algorithm, done, note)
     return replace(job, initial_model=server_path or str(Path(model_file).resolve()), start_round=done,
                    num_rounds=total - done)

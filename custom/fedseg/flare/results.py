@@ -111,7 +111,7 @@ def find_server_job_dir(path: Path) -> Path:
     path = Path(path)
     if (path / "cross_site_val" / "cross_val_results.json").is_file():
         return path
-    for depth in ("*", "*/*", "*/*/*"):
+    for depth in ("*", "*/*", "*/*/*", "*/*/*/*"):  # a run folder: workspace/<job>/server/simulate_job
         found = sorted(path.glob(f"{depth}/cross_site_val/cross_val_results.json"))
         if found:
             return found[0].parent.parent

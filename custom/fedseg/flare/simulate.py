@@ -1,8 +1,10 @@
 """``fedseg simulate``: the local multi-site demo on the NVFlare simulator.
 
 Synthesizes phantoms (if the dataset is missing), splits them across sites, writes each site's
-YAML, runs ``nvflare simulator`` on the job exactly as a user would, and turns the server
-workspace into a table of the final and best global models' Dice on every site's test cases.
+YAML, runs the job's recipe through NVFlare's ``SimEnv`` (in a bounded child process, see
+:mod:`fedseg.flare.sim_child`), and turns the server workspace into a table of the final and
+best global models' Dice on every site's test cases. The exported job folder is kept beside it
+(``job/``): the same job runs unchanged under ``nvflare simulator`` or ``nvflare job submit``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fedseg.results import SiteScore, models_to_json, render_table, write_json
 from fedseg.site_config import ENV_DIR, write_site_config
 
 log = logging.getLogger("fedseg")
+SIM_WORKSPACE_ENV = "NVFLARE_SIMULATOR_WORKSPACE_ROOT"
 
 
 @dataclass
@@ -52,8 +55,20 @@ class SimulationResult:
 
 
 def prepare_sites(task: str, data_dir: Path, n_sites: int, run_dir: Path, *, cases: int, seed: int,
-                  shares: list[float] | None = None, num_threads: int = 1) -> Path:
-    """Make sure the dataset exists, split it and write one YAML per site; return the YAML folder."""
+                  shares: list[float] | None = None, num_threads: int = 1,
+                  backends: dict[str, str] | None = None) -> Path:
+    """Make sure the dataset exists, split it and write one YAML per site; return the YAML folder.
+
+    ``backends`` names the sites that train elsewhere than in process (e.g. ``{"site-1": "ray"}``).
+    """
+    from fedseg.backends import backend_names
+
+    backends = dict(backends or {})
+    expected = {f"site-{k}" for k in range(1, n_sites + 1)}
+    for site, backend in backends.items():
+        if site not in expected or backend not in backend_names():
+            raise FedsegError(f"--site-backend {site}={backend}: the sites are site-1 .. site-{n_sites} and the "
+                              f"backends {', '.join(backend_names())}")
     data_dir = Path(data_dir)
     if not (data_dir / "dataset.json").is_file():
         log.info("synthesizing %d %s phantoms into %s", cases, task, data_dir)
@@ -63,7 +78,8 @@ def prepare_sites(task: str, data_dir: Path, n_sites: int, run_dir: Path, *, cas
     for k in range(1, n_sites + 1):
         site = f"site-{k}"
         write_site_config(config_dir / f"{site}.yaml", site, {task: (data_dir, splits[site])},
-                          device="auto", num_threads=num_threads, cache_rate=1.0, num_workers=0)
+                          device="auto", num_threads=num_threads, cache_rate=1.0, num_workers=0,
+                          **({"backend": backends[site]} if site in backends else {}))
     return config_dir
 
 
@@ -72,41 +88,31 @@ def nvflare_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "nvflare.cli"]
 
 
-def job_bounds(job_dir: Path) -> tuple[float, float]:
+def job_bounds(job: JobSpec) -> tuple[float, float]:
     """How long a job may print nothing, and run in all, before the simulator is stopped (seconds).
 
     From the job's own round deadline: a live job logs at least once per round and per cross-site
     validation, each bounded by that deadline; start-up and shutdown add a few minutes.
     """
-    config = json.loads((Path(job_dir) / "app" / "config" / "config_fed_server.json").read_text())
-    args = next((w.get("args", {}) for w in config.get("workflows", []) if "round_timeout" in w.get("args", {})), {})
-    round_timeout = float(args.get("round_timeout", DEADLINES["full"].round))
-    rounds = int(args.get("num_rounds", 1))
-    return round_timeout + 180, (rounds + 3) * round_timeout + 600
+    return job.deadlines.round + 180, (job.num_rounds + 3) * job.deadlines.round + 600
 
 
-def run_simulator(job_dir: Path, workspace: Path, n_sites: int, *, site_config_dir: Path | None,
-                  log_path: Path) -> float:
-    """Run ``nvflare simulator JOB -w WS -n N -t N``; return its wall time. Output goes to ``log_path``.
+def _bounded_simulator(cmd: list[str], workspace: Path, *, site_config_dir: Path | None, log_path: Path,
+                       bounds: tuple[float, float], cwd: Path | None = None) -> float:
+    """Run a simulator command under :func:`fedseg.procs.run_bounded`; return its wall time.
 
-    The simulator runs in a session of its own and is stopped (with every worker it started) when it
-    outlives the bounds of :func:`job_bounds`. Raises :class:`FedsegError` when it was stopped, or when
-    it failed without leaving cross-site results.
+    Raises :class:`FedsegError` when it was stopped, or when it failed without leaving cross-site results.
     """
-    if Path(workspace).exists():
-        shutil.rmtree(workspace)
-    # The simulator copies WORKSPACE/local into every participant: allow the classes the job names.
-    allow_classes(Path(workspace) / "local", required_classes([job_dir]))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = {k: v for k, v in os.environ.items() if k != SIM_WORKSPACE_ENV}  # it would move the workspace
+    env["PYTHONUNBUFFERED"] = "1"
     if site_config_dir is not None:
         env[ENV_DIR] = str(Path(site_config_dir).resolve())
-    cmd = nvflare_command() + ["simulator", str(job_dir), "-w", str(workspace), "-n", str(n_sites), "-t", str(n_sites)]
-    idle, total = job_bounds(job_dir)
+    idle, total = bounds
     log.info("running: %s", " ".join(cmd))
     # "End the Simulator run." is NVFlare's last word once the job is over; a hung client worker
     # (a site cut off mid-task) can keep the simulator from exiting, so it gets a minute, not forever.
     done = run_bounded(cmd, env=env, log_path=log_path, idle_timeout=idle, total_timeout=total, show=_worth_showing,
-                       done_line="End the Simulator run")
+                       done_line="End the Simulator run", cwd=cwd)
     finished = bool(list(Path(workspace).glob("server/*/cross_site_val/cross_val_results.json")))
     if done.stopped_because and not finished:
         raise FedsegError(f"nvflare simulator stopped by fedseg: {done.stopped_because}; see {log_path}")
@@ -116,6 +122,55 @@ def run_simulator(job_dir: Path, workspace: Path, n_sites: int, *, site_config_d
         log.warning("nvflare simulator %s after the job wrote its results; see %s",
                     done.stopped_because or f"exited with code {done.returncode}", log_path)
     return done.seconds
+
+
+def run_sim_env(job: JobSpec, workspace_root: Path, n_sites: int, *, job_dir: Path, site_config_dir: Path | None,
+                log_path: Path, client_script: Path | None = None, initial_weights: Path | None = None) -> Path:
+    """Run ``job`` through ``recipe.execute(SimEnv(...))`` in a bounded child process; return the workspace.
+
+    The workspace is ``workspace_root/<job.name>`` (SimEnv's layout). ``job_dir`` (the same job,
+    exported) says which classes the simulated sites must allow.
+    """
+    workspace = Path(workspace_root).resolve() / job.name
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    # SimEnv installs NVFlare's default allow list unless one is there: put fedseg's in first.
+    allow_classes(workspace / "local", required_classes([job_dir]))
+    run_file = Path(log_path).with_name("sim_env.json")
+    run_file.write_text(json.dumps({
+        "job": asdict(job), "clients": [f"site-{k}" for k in range(1, n_sites + 1)],
+        "workspace_root": str(Path(workspace_root).resolve()),
+        "client_script": str(Path(client_script).resolve()) if client_script else None,
+        "initial_weights": str(Path(initial_weights).resolve()) if initial_weights else None}, indent=2))
+    cmd = [sys.executable, "-m", "fedseg.flare.sim_child", str(run_file)]
+    seconds = _bounded_simulator(cmd, workspace, site_config_dir=site_config_dir, log_path=log_path,
+                                 bounds=job_bounds(job))
+    log.info("fedseg: simulator finished in %.0f s", seconds)
+    return workspace
+
+
+def run_simulator(job_dir: Path, workspace: Path, n_sites: int, *, site_config_dir: Path | None,
+                   log_path: Path) -> float:
+    """Run a job folder as a user types it, ``nvflare simulator JOB -w WS -n N -t N`` (deprecated in 2.9,
+    kept for hand-edited job folders); return its wall time. Bounded as :func:`run_sim_env`.
+    """
+
+    if Path(workspace).exists():
+        shutil.rmtree(workspace)
+    # The simulator copies WORKSPACE/local into every participant: allow the classes the job names.
+    allow_classes(Path(workspace) / "local", required_classes([job_dir]))
+    cmd = nvflare_command() + ["simulator", str(job_dir), "-w", str(workspace), "-n", str(n_sites), "-t", str(n_sites)]
+    return _bounded_simulator(cmd, workspace, site_config_dir=site_config_dir, log_path=log_path,
+                              bounds=folder_bounds(job_dir))
+
+
+def folder_bounds(job_dir: Path) -> tuple[float, float]:
+    """:func:`job_bounds` read off an exported job folder's server config."""
+    config = json.loads((Path(job_dir) / "app" / "config" / "config_fed_server.json").read_text())
+    args = next((w.get("args", {}) for w in config.get("workflows", []) if "round_timeout" in w.get("args", {})), {})
+    round_timeout = float(args.get("round_timeout", DEADLINES["full"].round))
+    rounds = int(args.get("num_rounds", 1))
+    return round_timeout + 180, (rounds + 3) * round_timeout + 600
 
 
 def _worth_showing(line: str) -> bool:
@@ -147,24 +202,30 @@ def summarize(workspace: Path, class_names: tuple[str, ...]) -> tuple[JobResults
 
 
 def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases: int, seed: int = 0,
-             job_dir: Path | None = None, shares: list[float] | None = None,
-             initial_weights: Path | None = None) -> SimulationResult:
+             client_script: Path | None = None, shares: list[float] | None = None,
+             initial_weights: Path | None = None, site_backends: dict[str, str] | None = None) -> SimulationResult:
     """The whole demo: data, split, site YAMLs, job, simulator, results table and ``results.json``.
 
-    ``initial_weights`` (a model file or MONAI bundle that fits the task) is the starting global model.
+    ``initial_weights`` (a model file or MONAI bundle that fits the task) is the starting global model;
+    ``client_script`` replaces the installed fedseg client (tests ship fault injectors);
+    ``site_backends`` (e.g. ``{"site-1": "ray"}``) lets sites train elsewhere than in process.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     # What ran, so that a stopped run can be resumed (fedseg simulate --resume RUN_DIR).
     (run_dir / "run.json").write_text(json.dumps({"job": asdict(job), "sites": n_sites, "data": str(Path(data_dir).resolve()),
-                                                  "cases": cases, "seed": seed, "shares": shares}, indent=2))
-    config_dir = prepare_sites(job.task, data_dir, n_sites, run_dir, cases=cases, seed=seed, shares=shares)
-    if job_dir is None:
-        job_dir = export_job(job, run_dir / "job", initial_weights=initial_weights)
-    workspace = run_dir / "workspace"
-    sim_time = run_simulator(job_dir, workspace, n_sites, site_config_dir=config_dir,
-                             log_path=run_dir / "simulator.log")
+                                                  "cases": cases, "seed": seed, "shares": shares,
+                                                  "site_backends": site_backends or {}}, indent=2))
+    config_dir = prepare_sites(job.task, data_dir, n_sites, run_dir, cases=cases, seed=seed, shares=shares,
+                               backends=site_backends)
+    # The record of what ran (and the list of classes the sites must allow): the same job, exported.
+    job_dir = export_job(job, run_dir / "job", client_script=client_script, initial_weights=initial_weights)
+    sim_start = time.perf_counter()
+    workspace = run_sim_env(job, run_dir / "workspace", n_sites, job_dir=job_dir, site_config_dir=config_dir,
+                            log_path=run_dir / "simulator.log", client_script=client_script,
+                            initial_weights=initial_weights)
+    sim_time = time.perf_counter() - sim_start
     class_names = read_dataset_info(data_dir).foreground_labels
     results, models = summarize(workspace, class_names)
     failed = failed_sites(results, n_sites)
@@ -205,9 +266,10 @@ def evaluate_where_the_data_is(job: JobSpec, config_dir: Path, n_sites: int, res
     from fedseg.site_data import open_site_data
     from fedseg.site_eval import score_cases, write_overlays
     from fedseg.tasks import get_task
+    from fedseg.tasks.kinds import task_kind
 
     spec = get_task(job.task, job.variant)
-    if spec.interactive or job.privacy == "exclude":
+    if not task_kind(spec).volume_pictures or job.privacy == "exclude":
         return {}
     app = Path(results.job_dir) / "app_server"
     models = {"final": app / "FL_global_model.pt"}
@@ -253,12 +315,14 @@ def resume_run(run_dir: Path) -> SimulationResult:
     if not record.is_file():
         raise FedsegError(f"{run_dir}: not a fedseg simulate run folder (no run.json)")
     info = json.loads(record.read_text())
-    saved = run_dir / "workspace" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+    stopped = JobSpec(**info["job"])
+    saved = run_dir / "workspace" / stopped.name / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
     if not saved.is_file():
         raise FedsegError(f"{saved}: no global model was saved, so there is nothing to resume from")
     kept = run_dir / "resume_from.pt"
     shutil.copyfile(saved, kept)  # the new run gets its own workspace; keep the model outside it
-    job = resumed(JobSpec(**info["job"]), kept)
+    job = resumed(stopped, kept)
     log.info("resuming %s at round %d of %d from %s", job.task, job.start_round, job.start_round + job.num_rounds, kept)
     return simulate(job, n_sites=info["sites"], data_dir=Path(info["data"]), run_dir=run_dir / "resumed",
-                    cases=info["cases"], seed=info["seed"], shares=info["shares"])
+                    cases=info["cases"], seed=info["seed"], shares=info["shares"],
+                    site_backends=info.get("site_backends"))

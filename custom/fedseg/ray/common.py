@@ -1,22 +1,18 @@
-"""Plain helpers of the Ray backend that need no Ray: sharding, step counts, averaging, planning.
+"""Plain helpers of the Ray backend that need no Ray: temporary folders, worker planning, test faults.
 
 Kept free of ray imports so that they can be tested, and used by the driver, without a cluster.
+(Sharding, step counts and weight averaging need only torch: :mod:`fedseg.engine.distributed`.)
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, TypeVar
-
-import torch
+from typing import Mapping
 
 from fedseg.errors import ConfigError
-
-T = TypeVar("T")
 
 # Ray puts Unix sockets at <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store and
 # refuses paths over 107 bytes; the session part takes up to ~64, so the temp dir must stay short.
@@ -24,56 +20,6 @@ MAX_TEMP_DIR_CHARS = 40
 # The object store holds the configs (weights) sent to workers; Ray's default is 30% of RAM.
 DEFAULT_OBJECT_STORE_MB = 512
 FAULT_ENV = "FEDSEG_RAY_FAULT"
-
-
-def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
-    """Worker ``rank``'s share of ``items``: every ``world``-th item, so shard sizes differ by at most one."""
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} outside a world of {world}")
-    return list(items[rank::world])
-
-
-def shard_batch_size(batch_size: int, n_items: int) -> int:
-    """The batch size the engine's loader uses for ``n_items`` cases (never more than it has)."""
-    return max(1, min(batch_size, n_items))
-
-
-def steps_per_epoch(n_items: int, world: int, batch_size: int) -> int:
-    """Optimizer steps per epoch that let every worker see each of its cases once.
-
-    DDP needs all workers to take the same number of steps (each step is a collective), so every
-    worker takes as many as the worker with the largest shard needs; smaller shards wrap around.
-    """
-    if n_items < world:
-        raise ValueError(f"{n_items} training case(s) cannot be shared by {world} workers")
-    sizes = [len(range(r, n_items, world)) for r in range(world)]
-    return max(math.ceil(n / shard_batch_size(batch_size, n)) for n in sizes)
-
-
-def average_weights(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Mean of several workers' state dicts.
-
-    Floating-point entries (parameters, BatchNorm running statistics) are averaged in float64 and
-    cast back; integer entries (``num_batches_tracked``) must agree and are taken from the first.
-    """
-    if not states:
-        raise ValueError("no worker weights to average")
-    keys = list(states[0])
-    for i, s in enumerate(states[1:], start=1):
-        if list(s) != keys:
-            raise ValueError(f"worker {i} returned different weight names than worker 0")
-    out = {}
-    for k in keys:
-        first = states[0][k]
-        if first.dtype.is_floating_point:
-            out[k] = (sum(s[k].double() for s in states) / len(states)).to(first.dtype)
-        else:
-            out[k] = first.clone()
-    return out
-
-
-def all_finite(weights: Mapping[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in weights.values() if v.dtype.is_floating_point)
 
 
 def temp_dir_for(run_dir: Path) -> tuple[Path, bool]:

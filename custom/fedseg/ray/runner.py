@@ -25,20 +25,24 @@ from pathlib import Path
 
 import torch
 
-from fedseg.checkpoint import save_model
+from fedseg.backends import TrainOptions
 from fedseg.engine import DiceScores
+from fedseg.engine.distributed import steps_per_epoch
 from fedseg.errors import CheckpointError, ConfigError, FedsegError, NonFiniteLossError
 from fedseg.ray import require_ray
 from fedseg.ray.cluster import RayCluster
-from fedseg.ray.common import FAULT_ENV, DEFAULT_OBJECT_STORE_MB, Fault, steps_per_epoch
+from fedseg.ray.common import FAULT_ENV, DEFAULT_OBJECT_STORE_MB, Fault
+from fedseg.ray.config import RunSettings, WorkerConfig, WorkerRuntime
 from fedseg.ray.worker import SCORES_FILE, STATE_FILE, WorkerNonFiniteLoss, run_loop
-from fedseg.results import SiteScore, models_to_json, with_pooled, write_json
+from fedseg.results import SiteScore, with_pooled
 from fedseg.runners.local import LocalRunResult, check_same_classes
 from fedseg.site_config import SiteConfig
 from fedseg.site_data import open_site_data
 from fedseg.site_eval import per_case_json
 from fedseg.tasks.spec import TaskSpec
 from fedseg.tracking import history_scalars, open_tracker
+from fedseg.training.loop import LoopState
+from fedseg.training.results import best_label, finite_rows, save_run_models, write_run_results
 
 log = logging.getLogger("fedseg")
 
@@ -116,20 +120,18 @@ def run_ray(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: i
     with RayCluster(address, run_dir, object_store_mb=object_store_mb) as cluster:
         plan = cluster.plan(workers, gpus_per_worker)
         timing["ray_init_s"] = round(cluster.init_s, 2)
-        cfg = {
-            "spec": spec, "class_names": list(class_names), "seed": seed, "run_id": uuid.uuid4().hex,
-            "use_gpu": plan.use_gpu,
-            "runtime": {"threads": plan.cpus_per_worker, "num_workers": sites[0].num_workers,
-                        "cache_rate": sites[0].cache_rate, "precision": sites[0].precision},
-            "train_items": train_items, "val_items": [it for d in data for it in d.items("validation")],
-            "test_items": {d.site.site: d.items("test") for d in data},
-            "epochs": epochs, "val_every": val_every,
-            "steps_per_epoch": steps_per_epoch(len(train_items), workers, spec.batch_size),
-            "fault": fault, "fault_dir": str(run_dir),
-        }
+        cfg = WorkerConfig(
+            spec=spec, class_names=tuple(class_names), seed=seed, use_gpu=plan.use_gpu,
+            runtime=WorkerRuntime(threads=plan.cpus_per_worker, num_workers=sites[0].num_workers,
+                                  cache_rate=sites[0].cache_rate, precision=sites[0].precision),
+            train_items=train_items, steps_per_epoch=steps_per_epoch(len(train_items), workers, spec.batch_size),
+            run=RunSettings(run_id=uuid.uuid4().hex, epochs=epochs, val_every=val_every,
+                            val_items=[it for d in data for it in d.items("validation")],
+                            test_items={d.site.site: d.items("test") for d in data}),
+            fault=fault, fault_dir=str(run_dir))
         log.info("fedseg ray: %d worker(s) x %d CPU%s (%s), %d training case(s), %d step(s) per epoch; run %s",
                  workers, plan.cpus_per_worker, f" + {gpus_per_worker:g} GPU" if plan.use_gpu else "",
-                 plan.backend, len(train_items), cfg["steps_per_epoch"], manifest["name"])
+                 plan.backend, len(train_items), cfg.steps_per_epoch, manifest["name"])
         fit_start = time.time()
         checkpoint = fit_on_workers(run_loop, cfg, plan, run_dir, manifest["name"], max_failures,
                                     on_failure=f"Its last checkpoint is kept: continue with --resume {run_dir}")
@@ -141,36 +143,37 @@ def run_ray(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs: i
     this_fit = [r for r in restarts if r["time"] >= fit_start]
     if not any(r["kind"] == "resume" for r in this_fit):  # a resumed fit's start-up is not the first worker's
         timing["fit_to_first_worker_s"] = round(state["first_worker_start"] - fit_start, 2)
-    out = run_dir
-    best_epoch, best_dice = int(state["best_epoch"]), float(state["best_val_dice"])
-    if state["best_model"] is not None:
-        save_model(out / "best_model.pt", state["best_model"], spec, epoch=best_epoch, val_dice=best_dice)
-    save_model(out / "final_model.pt", state["model"], spec, epoch=int(state["epoch"]))
-    models = {"final": _site_scores(raw_scores["final"], class_names)}
-    if best_epoch and raw_scores["best"]:
-        models[f"best (epoch {best_epoch})"] = _site_scores(raw_scores["best"], class_names)
+    loop = LoopState.from_dict(state)
+    save_run_models(run_dir, spec, state["model"], loop)
+    models, per_case = {}, {}
+    models["final"], per_case["final"] = _scored(raw_scores["final"], class_names)
+    if loop.best_epoch and raw_scores["best"]:
+        key = best_label(loop.best_epoch)
+        models[key], per_case[key] = _scored(raw_scores["best"], class_names)
     wall = time.perf_counter() - start
     timing["wall_time_s"] = round(wall, 2)
-    history = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in state["history"]]
-    _track(tracking, out, manifest["name"], history, {
+    _track(tracking, run_dir, manifest["name"], finite_rows(loop.history), {
         "task": spec.name, "variant": spec.variant_name, "sites": ",".join(s.site for s in sites), "epochs": epochs,
         "seed": seed, "training_cases": len(train_items), "backend": "ray", "workers": workers})
-    write_json(out / "results.json", {
-        "task": spec.name, "variant": spec.variant_name, "mode": "pooled" if len(sites) > 1 else "single-site",
-        "backend": "ray", "sites": [s.site for s in sites], "epochs": epochs, "seed": seed, "best_epoch": best_epoch,
-        "classes": list(class_names[1:]), "models": models_to_json(models), "history": history,
-        "wall_time_s": round(wall, 1), "workers": workers, "gpus_per_worker": gpus_per_worker,
-        "steps_per_epoch": cfg["steps_per_epoch"], "ray_run": manifest["name"],
-        "restarts": [{k: r[k] for k in ("kind", "from_epoch")} for r in restarts], "timing": timing,
-        "training_cases": len(train_items), "tracking": tracking or "tensorboard",
-        "per_case_dice": {key: _per_case(raw_scores[raw], class_names) for key, raw in
-                          (("final", "final"), (f"best (epoch {best_epoch})", "best")) if key in models},
-    })
-    return RayRunResult(models, best_epoch, best_dice, class_names, wall, out, workers=workers,
-                        restarts=[{k: r[k] for k in ("kind", "from_epoch")} for r in restarts], timing=timing)
+    kept = [{k: r[k] for k in ("kind", "from_epoch")} for r in restarts]
+    write_run_results(run_dir, spec, sites, backend="ray", state=loop, epochs=epochs, seed=seed,
+                      class_names=class_names, models=models, per_case=per_case, training_cases=len(train_items),
+                      tracking=tracking, wall_time_s=wall, workers=workers, gpus_per_worker=gpus_per_worker,
+                      steps_per_epoch=cfg.steps_per_epoch, ray_run=manifest["name"], restarts=kept, timing=timing)
+    return RayRunResult(models, loop.best_epoch, loop.best_val_dice, class_names, wall, run_dir, workers=workers,
+                        restarts=kept, timing=timing)
 
 
-def fit_on_workers(loop, cfg: dict, plan, run_dir: Path, name: str, max_failures: int, *, on_failure: str = ""):
+def run_backend(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, options: TrainOptions) -> RayRunResult:
+    """The ``ray`` backend's ``fedseg train``: :func:`run_ray` with the command's Ray settings."""
+    if options.init_weights is not None:
+        raise FedsegError("--init starts a local run (--backend local); a Ray run starts from random weights")
+    return run_ray(spec, sites, out_dir, epochs=options.epochs, val_every=options.val_every, seed=options.seed,
+                   workers=options.workers, gpus_per_worker=options.gpus_per_worker, address=options.address,
+                   resume=options.resume, tracking=options.tracking)
+
+
+def fit_on_workers(loop, cfg: WorkerConfig, plan, run_dir: Path, name: str, max_failures: int, *, on_failure: str = ""):
     """Run ``loop`` on the workers under ``run_dir/ray_results/name``; return the last checkpoint.
 
     A failure that outlives ``max_failures`` restarts becomes a :class:`FedsegError` naming the
@@ -181,7 +184,7 @@ def fit_on_workers(loop, cfg: dict, plan, run_dir: Path, name: str, max_failures
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
-        loop, train_loop_config=cfg,
+        loop, train_loop_config={"cfg": cfg},
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker=plan.resources()),
         torch_config=TorchConfig(backend=plan.backend),
@@ -234,22 +237,13 @@ def _track(kind: str | None, run_dir: Path, name: str, history: list[dict], para
         tracker.close()
 
 
-def _per_case(raw: dict, class_names: tuple[str, ...]) -> dict[str, dict[str, list]]:
-    """Per-case Dice per site, as ``run_local`` records it (no case names)."""
-    out = {}
-    for site, rows in raw.items():
-        scores = DiceScores(class_names[1:])
-        for dice, fp in zip(rows["per_case"], rows["false_positive"]):
-            scores.add(dice, fp)
-        out[site] = per_case_json(scores)
-    return out
-
-
-def _site_scores(raw: dict, class_names: tuple[str, ...]) -> dict[str, SiteScore]:
-    by_site = {}
+def _scored(raw: dict, class_names: tuple[str, ...]) -> tuple[dict[str, SiteScore], dict[str, dict[str, list]]]:
+    """Scores per site (pooled too) and per-case Dice per site, from the workers' gathered rows."""
+    by_site, per_case = {}, {}
     for site, rows in raw.items():
         scores = DiceScores(class_names[1:])
         for dice, fp in zip(rows["per_case"], rows["false_positive"]):
             scores.add(dice, fp)
         by_site[site] = SiteScore.from_scores(scores)
-    return with_pooled(by_site)
+        per_case[site] = per_case_json(scores)
+    return with_pooled(by_site), per_case

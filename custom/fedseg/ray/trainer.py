@@ -24,14 +24,17 @@ from typing import Callable, Mapping, TypeVar
 import torch
 
 from fedseg.engine import DiceScores, Runtime, TrainResult
+from fedseg.engine.distributed import all_finite, average_weights, steps_per_epoch
 from fedseg.engine.engine import to_state_dict
-from fedseg.errors import ConfigError, NonFiniteLossError
+from fedseg.engine.hooks import RoundHooks
+from fedseg.errors import ConfigError, FedsegError, NonFiniteLossError
 from fedseg.ray import require_ray
 from fedseg.ray.cluster import RayCluster
-from fedseg.ray.common import WorkerPlan, all_finite, average_weights, steps_per_epoch
+from fedseg.ray.common import WorkerPlan
+from fedseg.ray.config import RoundSettings, WorkerConfig, WorkerRuntime
 from fedseg.ray.runner import STORAGE, fit_on_workers
 from fedseg.ray.worker import ROUND_FILE, round_loop, weights_file
-from fedseg.runners.site import LocalSiteTrainer
+from fedseg.runners.site import GLOBAL, LocalSiteTrainer
 from fedseg.site_data import SiteData
 from fedseg.transforms import seed_from
 
@@ -39,8 +42,15 @@ log = logging.getLogger("fedseg")
 T = TypeVar("T")
 
 
-def in_own_thread(fn: Callable[[], T]) -> T:
+class RoundTimeout(FedsegError):
+    """A Ray round outlived the site's ``ray.round_timeout_s``; the site withholds that round's update."""
+
+
+def in_own_thread(fn: Callable[[], T], timeout_s: float, on_timeout: Callable[[], None]) -> T:
     """Run ``fn`` in a fresh thread and return its result (or raise its error) here.
+
+    After ``timeout_s`` seconds ``on_timeout`` is called (it must make ``fn`` end, e.g. stop the
+    Ray cluster), the thread gets a minute more, and :class:`RoundTimeout` is raised.
 
     NVFlare's in-process client turns ``print`` in the client's thread into log lines and drops
     ``file=``; Ray's function export prints ``dis.dis(..., file=StringIO)``, which then floods the
@@ -57,7 +67,11 @@ def in_own_thread(fn: Callable[[], T]) -> T:
 
     thread = threading.Thread(target=target, name="fedseg-ray", daemon=True)
     thread.start()
-    thread.join()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        on_timeout()
+        thread.join(60)
+        raise RoundTimeout(f"the Ray round did not finish within {timeout_s:g} s (ray.round_timeout_s)")
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -89,7 +103,7 @@ class RaySiteTrainer:
         self._cluster: RayCluster | None = None
         self._plan: WorkerPlan | None = None
         self._rounds = 0
-        self._optimizer_state: dict | None = None
+        self._optimizer_states: dict[str, dict] = {}  # per slot (fedseg.runners.site.SiteTrainer)
 
     def _start(self) -> WorkerPlan:
         if self._cluster is None:
@@ -99,11 +113,12 @@ class RaySiteTrainer:
         return self._plan
 
     def train(self, weights: Mapping, epochs: int, progress: tuple[float, float] | None = None,
-              regularizer=None) -> TrainResult:
-        """Train from ``weights`` for ``epochs`` on the site's Ray workers; return their averaged weights."""
-        if regularizer is not None:
-            raise ConfigError(f"site {self.data.site.site}: a loss regularizer (FedProx) is not supported on the "
-                              "Ray backend; use backend: local for FedProx jobs")
+              hooks: RoundHooks | None = None, slot: str = GLOBAL) -> TrainResult:
+        """Train from ``weights`` for ``epochs`` on the site's Ray workers; return their averaged weights.
+
+        ``hooks`` are built on every worker (each corrects its own DDP replica alike); what they
+        hand back comes from rank 0.
+        """
         weights = to_state_dict(weights)
         if not all_finite(weights):
             # Every worker would stop at the first step; refuse before paying for a fit().
@@ -113,29 +128,38 @@ class RaySiteTrainer:
         self._rounds += 1
         site = self.data.site
         name = f"round-{self._rounds:04d}-{uuid.uuid4().hex[:6]}"  # a fresh name: never restore an older round
-        cfg = {
-            "spec": self.data.spec, "class_names": list(self.data.class_names), "seed": seed_from(self.seed, self._rounds),
-            "use_gpu": plan.use_gpu,
-            "runtime": {"threads": plan.cpus_per_worker, "num_workers": site.num_workers, "cache_rate": site.cache_rate,
-                        "precision": site.precision},
-            "train_items": self.data.items("training"),
-            "steps_per_epoch": steps_per_epoch(self.n_train, plan.workers, self.data.spec.batch_size),
-            "weights": weights, "optimizer": self._optimizer_state, "epochs": epochs, "progress": progress,
-            "label": site.site,
-        }
-        checkpoint = in_own_thread(lambda: fit_on_workers(
-            round_loop, cfg, plan, self.work_dir, name, self.max_failures,
-            on_failure=f"site {site.site} withholds this round's update"))
+        cfg = WorkerConfig(
+            spec=self.data.spec, class_names=tuple(self.data.class_names), seed=seed_from(self.seed, self._rounds),
+            use_gpu=plan.use_gpu,
+            runtime=WorkerRuntime(threads=plan.cpus_per_worker, num_workers=site.num_workers,
+                                  cache_rate=site.cache_rate, precision=site.precision),
+            train_items=self.data.items("training"),
+            steps_per_epoch=steps_per_epoch(self.n_train, plan.workers, self.data.spec.batch_size),
+            round=RoundSettings(weights=weights, optimizer=self._optimizer_states.get(slot), epochs=epochs,
+                                progress=progress, label=site.site if slot == GLOBAL else f"{site.site} {slot}",
+                                hooks=hooks))
+        checkpoint = in_own_thread(
+            lambda: fit_on_workers(round_loop, cfg, plan, self.work_dir, name, self.max_failures,
+                                   on_failure=f"site {site.site} withholds this round's update"),
+            self.settings.round_timeout_s, self._stop_cluster)
         with checkpoint.as_directory() as d:
             states = [torch.load(Path(d) / weights_file(r), map_location="cpu", weights_only=True)
                       for r in range(plan.workers)]
             info = torch.load(Path(d) / ROUND_FILE, map_location="cpu", weights_only=True)
         shutil.rmtree(self.work_dir / STORAGE / name, ignore_errors=True)  # read; keep the disk bounded
-        self._optimizer_state = info["optimizer"]
+        self._optimizer_states[slot] = info["optimizer"]
         log.info("fedseg %s: Ray round %d on %d worker(s): %d step(s), loss %.4f", site.site, self._rounds,
                  plan.workers, info["iterations"], info["losses"][-1] if info["losses"] else float("nan"))
         return TrainResult(average_weights(states), self.n_train, int(info["iterations"]), list(info["losses"]),
-                           float(info["learning_rate"]))
+                           float(info["learning_rate"]), dict(info.get("extras") or {}))
+
+    def _stop_cluster(self) -> None:
+        """End a round that outlived its bound: stopping Ray ends its workers; the next round starts a new one."""
+        log.error("fedseg %s: the Ray round outlived ray.round_timeout_s (%g s); stopping the site's Ray",
+                  self.data.site.site, self.settings.round_timeout_s)
+        if self._cluster is not None:
+            self._cluster.shutdown()
+            self._cluster, self._plan = None, None
 
     def evaluate(self, weights: Mapping, split: str) -> DiceScores:
         return self._local.evaluate(weights, split)

@@ -24,6 +24,7 @@ from fedseg.results import write_json
 from fedseg.site_config import SiteConfig
 from fedseg.site_data import open_site_data
 from fedseg.tasks.spec import TaskSpec
+from fedseg.training.loop import run_epochs
 
 log = logging.getLogger("fedseg")
 
@@ -76,16 +77,19 @@ def trial(config: dict, *, spec: TaskSpec, class_names: tuple[str, ...], train_i
     runtime = Runtime.create(device, num_threads=threads, cache_rate=cache_rate)
     engine = SegmentationEngine(tuned_spec(spec, config), runtime, class_names=class_names, seed=seed)
     train, val = engine.train_data(train_items), engine.eval_data(val_items)
-    for e in range(epochs):
-        try:
-            result = engine.train(train, epochs=1, progress=(e / epochs, (e + 1) / epochs))
-        except NonFiniteLossError:
-            # A learning rate that diverges is a result, not a crash: score it 0 and end the trial.
-            tune.report({"val_dice": 0.0, "train_loss": float("nan"), "epoch": e + 1, "diverged": 1})
-            return
-        dice = engine.evaluate(val).mean
-        tune.report({"val_dice": 0.0 if math.isnan(dice) else dice, "train_loss": result.final_loss,
-                     "epoch": e + 1, "diverged": 0})
+
+    def report(state, row, scores) -> None:
+        dice = scores.mean if scores is not None else float("nan")
+        tune.report({"val_dice": 0.0 if math.isnan(dice) else dice, "train_loss": row["train_loss"],
+                     "epoch": state.epoch, "diverged": 0})
+
+    current = [0]
+    try:
+        run_epochs(engine, train, epochs=epochs, validate=lambda: engine.evaluate(val), after_epoch=report,
+                   before_epoch=lambda e: current.__setitem__(0, e + 1), keep_best=False, label="fedseg tune")
+    except NonFiniteLossError:
+        # A learning rate that diverges is a result, not a crash: score it 0 and end the trial.
+        tune.report({"val_dice": 0.0, "train_loss": float("nan"), "epoch": current[0], "diverged": 1})
 
 
 def run_tune(spec: TaskSpec, site: SiteConfig, out_dir: Path, *, trials: int, epochs: int, grace_epochs: int = 2,

@@ -1,17 +1,16 @@
-"""What runs inside each Ray Train worker: the one engine, one shard of the cases, DDP across workers.
+"""What runs inside each Ray Train worker: the one engine and run loop, one shard of the cases, DDP.
 
-Two loops share the set-up:
+Two entry points share the set-up:
 
-* :func:`run_loop` (``fedseg train --backend ray``): epochs with a checkpoint after each (model,
-  optimizer, scaler, epoch, best Dice and its weights, history), sharded validation, and at the
-  end the final and best models scored on every site's test cases.
-* :func:`round_loop` (one FL round of a ``backend: ray`` site): start from the received weights,
-  train the round's epochs, and hand back every worker's weights for the driver to average.
+* :func:`run_loop` (``fedseg train --backend ray``): :func:`fedseg.training.loop.run_epochs` with
+  a checkpoint after each epoch (model, optimizer, scaler and the loop state), sharded
+  validation, and at the end the final and best models scored on every site's test cases.
+* :func:`round_loop` (one FL round of a ``backend: ray`` site): the same loop from the received
+  weights with the algorithm's hooks; every worker hands back its weights for the driver to
+  average, rank 0 also the optimizer state and what the hooks returned.
 
-Validation and test scoring are sharded: each worker scores every ``world``-th case and the
-per-case Dice rows are gathered on all workers. Dice is computed per case and averaged over
-cases, so this gives exactly the figures of one process scoring all cases, in 1/world the time,
-and no worker sits idle at a barrier while rank 0 works alone.
+Ray only launches these and carries checkpoints; the data-parallel pieces are
+:mod:`fedseg.engine.distributed`.
 """
 
 from __future__ import annotations
@@ -26,13 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from fedseg.engine import DiceScores, Runtime, SegmentationEngine
-from fedseg.engine.data import EvalData, TrainData
+from fedseg.engine import Runtime, SegmentationEngine
+from fedseg.engine.distributed import ShardedEval, mean_across, reseed, shard, wrap_ddp
+from fedseg.engine.metrics import DiceScores
 from fedseg.errors import NonFiniteLossError
-from fedseg.ray.common import Fault, shard
-from fedseg.transforms import seed_from
+from fedseg.ray.common import Fault
+from fedseg.ray.config import WorkerConfig
+from fedseg.training.loop import LoopState, run_epochs
 
 log = logging.getLogger("fedseg")
 
@@ -60,10 +60,10 @@ class WorkerNonFiniteLoss(RuntimeError):
         return (WorkerNonFiniteLoss, (self.epoch, self.iteration, self.value))
 
 
-def train_steps(engine: SegmentationEngine, data: TrainData, **kwargs):
-    """``engine.train`` with a non-finite loss re-raised as :class:`WorkerNonFiniteLoss`."""
+def epochs_on_worker(engine: SegmentationEngine, train, **kwargs) -> LoopState:
+    """:func:`run_epochs` with a non-finite loss re-raised as :class:`WorkerNonFiniteLoss`."""
     try:
-        return engine.train(data, **kwargs)
+        return run_epochs(engine, train, **kwargs)
     except NonFiniteLossError as exc:
         raise WorkerNonFiniteLoss(exc.epoch, exc.iteration, exc.value) from None
 
@@ -82,7 +82,7 @@ def _worker_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-def setup(cfg: dict) -> tuple[int, int, SegmentationEngine]:
+def setup(cfg: WorkerConfig) -> tuple[int, int, SegmentationEngine]:
     """This worker's rank, the world size and a fresh engine on the worker's device."""
     import ray.train
     import ray.train.torch
@@ -91,79 +91,21 @@ def setup(cfg: dict) -> tuple[int, int, SegmentationEngine]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = "cpu"
-    if cfg["use_gpu"]:
+    if cfg.use_gpu:
         dev = ray.train.torch.get_device()
         torch.cuda.set_device(dev)  # NCCL collectives (all_gather_object) use the current device
         device = str(dev)
-    rt = cfg["runtime"]
-    runtime = Runtime.create(device, precision=rt.get("precision", "auto"), num_threads=rt["threads"],
-                             num_workers=rt["num_workers"], cache_rate=rt["cache_rate"])
-    engine = SegmentationEngine(cfg["spec"], runtime, class_names=tuple(cfg["class_names"]), seed=cfg["seed"])
+    rt = cfg.runtime
+    runtime = Runtime.create(device, precision=rt.precision, num_threads=rt.threads, num_workers=rt.num_workers,
+                             cache_rate=rt.cache_rate)
+    engine = SegmentationEngine(cfg.spec, runtime, class_names=tuple(cfg.class_names), seed=cfg.seed)
     return rank, world, engine
 
 
-def wrap_ddp(engine: SegmentationEngine, world: int) -> None:
-    """Train through DDP when there is more than one worker (one worker: the bare network)."""
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        dev = engine.runtime.device
-        engine.wrap_model(lambda m: DistributedDataParallel(m, device_ids=[dev.index] if dev.type == "cuda" else None))
-
-
-def reseed(data: TrainData, seed: int, rank: int, epoch: int) -> None:
-    """Shuffling and augmentation drawn from (seed, rank, epoch): a restarted epoch draws the same patches."""
-    if data.loader.generator is not None:
-        data.loader.generator.manual_seed(seed_from(seed, rank, epoch))
-    transform = getattr(data.loader.dataset, "transform", None)
-    if hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed=seed_from(seed, rank, epoch, 1))
-
-
-def mean_across(engine: SegmentationEngine, value: float, world: int) -> float:
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=engine.runtime.device)
-    dist.all_reduce(t)
-    return float(t.item()) / world
-
-
-def epoch_loss(losses: list[float]) -> float:
-    """One number per epoch even when a small shard's loader was passed more than once."""
-    return sum(losses) / len(losses) if losses else float("nan")
-
-
-# Sharded evaluation ---------------------------------------------------------------------------------
-class ShardedEval:
-    """One worker's share of a list of cases, preprocessed once; :meth:`scores` gathers all shares."""
-
-    def __init__(self, engine: SegmentationEngine, items: list[dict], rank: int, world: int):
-        self.engine, self.world = engine, world
-        self.indices = list(range(rank, len(items), world))
-        self.data: EvalData | None = engine.eval_data([items[i] for i in self.indices]) if self.indices else None
-
-    def scores(self, label: str, weights=None) -> DiceScores:
-        engine = self.engine
-        if weights is not None:
-            engine.set_weights(weights)
-        rows = []
-        if self.data is not None:
-            local = engine.evaluate(self.data, label=label)
-            rows = list(zip(self.indices, local.per_case, local.false_positive))
-        if self.world > 1:
-            gathered: list = [None] * self.world
-            dist.all_gather_object(gathered, rows)
-            rows = sorted((r for part in gathered for r in part), key=lambda r: r[0])
-        out = DiceScores(engine.class_names[1:])
-        for _, dice, fp in rows:
-            out.add(list(dice), list(fp))
-        return out
-
-
 # Faults (tests only) --------------------------------------------------------------------------------
-def _once(cfg: dict, fault: Fault) -> bool:
+def _once(cfg: WorkerConfig, fault: Fault) -> bool:
     """True the first time this fault fires for the run folder (a marker file records it)."""
-    marker = Path(cfg["fault_dir"]) / f".fault-{fault.kind}-{fault.epoch}-{fault.rank}"
+    marker = Path(cfg.fault_dir) / f".fault-{fault.kind}-{fault.epoch}-{fault.rank}"
     if marker.exists():
         return False
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -171,53 +113,48 @@ def _once(cfg: dict, fault: Fault) -> bool:
     return True
 
 
-def maybe_kill(cfg: dict, epoch: int, rank: int) -> None:
-    fault = Fault.parse(cfg.get("fault"))
+def maybe_kill(cfg: WorkerConfig, epoch: int, rank: int) -> None:
+    fault = Fault.parse(cfg.fault)
     if fault and fault.kind == "kill" and fault.epoch == epoch and fault.rank == rank and _once(cfg, fault):
         log.warning("fedseg ray: test fault: rank %d is killed one second into epoch %d", rank, epoch)
         # SIGKILL from a timer lands mid-step, like the OOM killer: no Python clean-up runs.
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
 
-def maybe_stop(cfg: dict, epoch: int) -> None:
-    fault = Fault.parse(cfg.get("fault"))
+def maybe_stop(cfg: WorkerConfig, epoch: int) -> None:
+    fault = Fault.parse(cfg.fault)
     if fault and fault.kind == "stop" and fault.epoch == epoch:
         raise InjectedStop(f"test fault: run stopped after epoch {epoch}")
 
 
 # fedseg train --backend ray -------------------------------------------------------------------------
-def _fresh_state(cfg: dict) -> dict:
-    return {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "best_model": None, "history": [],
-            "restarts": [], "run_id": cfg["run_id"], "first_worker_start": None}
-
-
-def restore(engine: SegmentationEngine, cfg: dict) -> dict:
-    """The run's state from Ray's latest checkpoint (a restart after a failure, or ``--resume``), or a fresh one.
+def restore(engine: SegmentationEngine, cfg: WorkerConfig) -> tuple[LoopState, dict]:
+    """The loop state and run record from Ray's latest checkpoint (a restart after a failure, or
+    ``--resume``), or fresh ones.
 
     ``ray.train.get_checkpoint()`` covers both: within a run, after a worker died; and in a new
     ``fit()`` with the same run name and storage, where Ray Train reads its checkpoint snapshot.
     """
     import ray.train
 
-    state = _fresh_state(cfg)
+    record = {"restarts": [], "run_id": cfg.run.run_id, "first_worker_start": None}
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return state
+        return LoopState(), record
     with ckpt.as_directory() as d:
         saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     engine.set_weights(saved["model"])
     engine.optimizer.load_state_dict(saved["optimizer"])
     if engine.scaler.is_enabled() and saved.get("scaler"):
         engine.scaler.load_state_dict(saved["scaler"])
-    state.update({k: saved[k] for k in ("epoch", "best_val_dice", "best_epoch", "best_model", "history",
-                                         "restarts", "first_worker_start")})
-    kind = "restart" if saved["run_id"] == cfg["run_id"] else "resume"
-    state["restarts"] = list(state["restarts"]) + [{"kind": kind, "from_epoch": int(saved["epoch"]),
-                                                    "time": time.time()}]
-    return state
+    kind = "restart" if saved["run_id"] == cfg.run.run_id else "resume"
+    record = {"restarts": list(saved["restarts"]) + [{"kind": kind, "from_epoch": int(saved["epoch"]),
+                                                       "time": time.time()}],
+              "run_id": cfg.run.run_id, "first_worker_start": saved["first_worker_start"]}
+    return LoopState.from_dict(saved), record
 
 
-def _report(engine: SegmentationEngine, state: dict, metrics: dict, rank: int, name: str,
+def _report(engine: SegmentationEngine, state: LoopState, record: dict, metrics: dict, rank: int, name: str,
             scores: dict | None = None) -> None:
     """Every worker reports (it is a barrier); rank 0 attaches the checkpoint."""
     import ray.train
@@ -226,8 +163,8 @@ def _report(engine: SegmentationEngine, state: dict, metrics: dict, rank: int, n
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        payload = {**state, "model": engine.get_weights(), "optimizer": engine.optimizer.state_dict(),
-                   "scaler": engine.scaler.state_dict()}
+        payload = {**state.as_dict(), **record, "model": engine.get_weights(),
+                   "optimizer": engine.optimizer.state_dict(), "scaler": engine.scaler.state_dict()}
         torch.save(payload, Path(d) / STATE_FILE)
         if scores is not None:
             (Path(d) / SCORES_FILE).write_text(json.dumps(scores))
@@ -238,84 +175,75 @@ def _rows(scores: DiceScores) -> dict:
     return {"per_case": scores.per_case, "false_positive": scores.false_positive}
 
 
-def run_loop(cfg: dict) -> None:
-    """Train ``cfg["epochs"]`` epochs in all, continuing from the last checkpoint if there is one."""
+def run_loop(config: dict) -> None:
+    """Train ``cfg.run.epochs`` epochs in all, continuing from the last checkpoint if there is one."""
     started = time.time()
+    cfg: WorkerConfig = config["cfg"]
     rank, world, engine = setup(cfg)
-    state = restore(engine, cfg)
-    if state["first_worker_start"] is None:
-        state["first_worker_start"] = started
+    state, record = restore(engine, cfg)
+    if record["first_worker_start"] is None:
+        record["first_worker_start"] = started
     wrap_ddp(engine, world)
-    train = engine.train_data(shard(cfg["train_items"], rank, world))
-    val = ShardedEval(engine, cfg["val_items"], rank, world)
-    epochs, val_every, steps = cfg["epochs"], cfg["val_every"], cfg["steps_per_epoch"]
-    attempt = len(state["restarts"])
-    if state["epoch"]:
-        log.info("fedseg ray rank %d: continuing after epoch %d of %d", rank, state["epoch"], epochs)
-    while state["epoch"] < epochs:
-        done = state["epoch"]
-        maybe_kill(cfg, done + 1, rank)
-        reseed(train, cfg["seed"], rank, done)
-        t0 = time.perf_counter()
-        result = train_steps(engine, train, iterations=steps, progress=(done / epochs, (done + 1) / epochs),
-                             label=f"fedseg ray rank {rank} epoch {done + 1}/{epochs}")
-        seconds = time.perf_counter() - t0
-        done += 1
-        row = {"epoch": done, "train_loss": mean_across(engine, epoch_loss(result.epoch_losses), world),
-               "learning_rate": result.learning_rate, "seconds": round(seconds, 3)}
-        if done % val_every == 0 or done == epochs:
-            scores = val.scores("validation")
-            row.update(scores.as_metrics("val"))
-            if scores.mean > state["best_val_dice"]:
-                state["best_val_dice"], state["best_epoch"] = scores.mean, done
-                state["best_model"] = engine.get_weights()
-            if rank == 0:
-                log.info("fedseg ray: epoch %d/%d loss %.4f val_dice %.4f", done, epochs, row["train_loss"],
-                         scores.mean)
-        state["history"] = list(state["history"]) + [row]
-        state["epoch"] = done
-        _report(engine, state, {k: v for k, v in row.items() if isinstance(v, (int, float))}, rank,
-                f"epoch_{done:04d}-{attempt}")
-        maybe_stop(cfg, done)
+    train = engine.train_data(shard(cfg.train_items, rank, world))
+    val = ShardedEval(engine, cfg.run.val_items, rank, world)
+    epochs = cfg.run.epochs
+    attempt = len(record["restarts"])
+    if state.epoch:
+        log.info("fedseg ray rank %d: continuing after epoch %d of %d", rank, state.epoch, epochs)
+
+    def before_epoch(e: int) -> None:
+        maybe_kill(cfg, e + 1, rank)
+        reseed(train, cfg.seed, rank, e)
+
+    def after_epoch(st: LoopState, row: dict, _scores) -> None:
+        _report(engine, st, record, {k: v for k, v in row.items() if isinstance(v, (int, float))}, rank,
+                f"epoch_{st.epoch:04d}-{attempt}")
+        maybe_stop(cfg, st.epoch)
+
+    state = epochs_on_worker(engine, train, epochs=epochs, state=state, steps_per_epoch=cfg.steps_per_epoch,
+                             validate=lambda: val.scores("validation"), val_every=cfg.run.val_every,
+                             before_epoch=before_epoch, after_epoch=after_epoch,
+                             reduce_loss=lambda v: mean_across(engine, v, world), label=f"fedseg ray rank {rank}",
+                             log_epochs=rank == 0)
     # The final and best models on each site's test cases, scored here so the driver needs no data or GPU.
     final = engine.get_weights()
     scores = {"final": {}, "best": {}}
-    for site, items in cfg["test_items"].items():
+    for site, items in cfg.run.test_items.items():
         ev = ShardedEval(engine, items, rank, world)
         scores["final"][site] = _rows(ev.scores(f"test {site}", weights=final))
-        if state["best_model"] is not None:
-            scores["best"][site] = _rows(ev.scores(f"test {site} (best)", weights=state["best_model"]))
+        if state.best_model is not None:
+            scores["best"][site] = _rows(ev.scores(f"test {site} (best)", weights=state.best_model))
     engine.set_weights(final)
-    _report(engine, state, {"epoch": state["epoch"], "final": 1}, rank, f"final-{attempt}", scores)
+    _report(engine, state, record, {"epoch": state.epoch, "final": 1}, rank, f"final-{attempt}", scores)
 
 
 # One FL round of a backend: ray site ----------------------------------------------------------------
-def round_loop(cfg: dict) -> None:
+def round_loop(config: dict) -> None:
     """Train from the received weights; every worker saves its weights for the driver to average."""
     import ray.train
 
+    cfg: WorkerConfig = config["cfg"]
+    r = cfg.round
     rank, world, engine = setup(cfg)
-    engine.set_weights(cfg["weights"])
-    if cfg.get("optimizer"):
-        engine.optimizer.load_state_dict(cfg["optimizer"])
+    engine.set_weights(r.weights)
+    if r.optimizer:
+        engine.optimizer.load_state_dict(r.optimizer)
+    # Built before DDP wraps the model: every worker corrects its own replica the same way, so they stay equal.
+    hooks = r.hooks.build(engine) if r.hooks else None
     wrap_ddp(engine, world)
-    train = engine.train_data(shard(cfg["train_items"], rank, world))
-    epochs, steps = cfg["epochs"], cfg["steps_per_epoch"]
-    start, end = cfg["progress"] if cfg["progress"] is not None else (0.0, 0.0)
-    losses, lr = [], 0.0
-    for e in range(epochs):
-        reseed(train, cfg["seed"], rank, e)
-        progress = (start + (end - start) * e / epochs, start + (end - start) * (e + 1) / epochs) \
-            if cfg["progress"] is not None else None
-        result = train_steps(engine, train, iterations=steps, progress=progress,
-                             label=f"fedseg {cfg['label']} ray rank {rank} epoch {e + 1}/{epochs}")
-        losses.append(mean_across(engine, epoch_loss(result.epoch_losses), world))
-        lr = result.learning_rate
+    train = engine.train_data(shard(cfg.train_items, rank, world))
+    state = epochs_on_worker(engine, train, epochs=r.epochs, steps_per_epoch=cfg.steps_per_epoch,
+                             progress=r.progress, hooks=hooks, before_epoch=lambda e: reseed(train, cfg.seed, rank, e),
+                             reduce_loss=lambda v: mean_across(engine, v, world),
+                             label=f"fedseg {r.label} ray rank {rank}")
+    extras = r.hooks.finish(engine) if r.hooks else {}
     with tempfile.TemporaryDirectory() as d:
         # Distinct file names per rank: Ray merges all workers' checkpoint folders into one.
         torch.save(engine.get_weights(), Path(d) / weights_file(rank))
         if rank == 0:
-            torch.save({"optimizer": engine.optimizer.state_dict(), "losses": losses, "learning_rate": lr,
-                        "iterations": steps * epochs, "world": world}, Path(d) / ROUND_FILE)
+            torch.save({"optimizer": engine.optimizer.state_dict(), "losses": state.epoch_losses,
+                        "learning_rate": state.learning_rate, "iterations": state.iterations, "world": world,
+                        "extras": extras}, Path(d) / ROUND_FILE)
+        losses = state.epoch_losses
         ray.train.report({"train_loss": losses[-1] if losses else float("nan")},
                          checkpoint=ray.train.Checkpoint.from_directory(d))

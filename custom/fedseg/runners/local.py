@@ -16,14 +16,17 @@ from typing import Mapping
 
 import torch
 
-from fedseg.checkpoint import load_model, save_model
+from fedseg.backends import TrainOptions
 from fedseg.engine import Runtime, SegmentationEngine
-from fedseg.results import SiteScore, models_to_json, render_table, with_pooled, write_json
+from fedseg.errors import FedsegError
+from fedseg.results import SiteScore, render_table, with_pooled
 from fedseg.site_config import SiteConfig
 from fedseg.site_data import SiteData, open_site_data
 from fedseg.site_eval import per_case_json
 from fedseg.tasks.spec import TaskSpec
 from fedseg.tracking import history_scalars, open_tracker
+from fedseg.training.loop import run_epochs
+from fedseg.training.results import best_label, save_run_models, write_run_results
 
 log = logging.getLogger("fedseg")
 
@@ -57,7 +60,7 @@ def run_local(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs:
     start: a pretrained start.
 
     ``tracking`` (``tensorboard``, ``mlflow``, ``none``; default TensorBoard when installed) receives
-    the training loss, learning rate and validation metrics at every validation, stepped by epoch.
+    the training loss and learning rate every epoch and the validation metrics at every validation.
     """
     for name, value in (("epochs", epochs), ("val_every", val_every)):
         if value < 1:
@@ -77,43 +80,35 @@ def run_local(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, *, epochs:
     tracker = open_tracker(tracking, out_dir, out_dir.name, {
         "task": spec.name, "variant": spec.variant_name, "mode": mode, "sites": ",".join(s.site for s in sites),
         "epochs": epochs, "seed": seed, "training_cases": len(train_items), "backend": "local"})
-    best_dice, best_epoch, history = -1.0, 0, []
-    done = 0
     try:
-        while done < epochs:
-            chunk = min(val_every, epochs - done)
-            result = engine.train(train, epochs=chunk, progress=(done / epochs, (done + chunk) / epochs),
-                                  label=f"epoch {done + 1}-{done + chunk}/{epochs}")
-            done += chunk
-            scores = engine.evaluate(val, label="validation")
-            row = {"epoch": done, "train_loss": result.final_loss, "learning_rate": result.learning_rate,
-                   **scores.as_metrics("val")}
-            history.append(row)
-            tracker.log_scalars(history_scalars(row), step=done)
-            log.info("epoch %d/%d loss %.4f val_dice %.4f", done, epochs, result.final_loss, scores.mean)
-            if scores.mean > best_dice:
-                best_dice, best_epoch = scores.mean, done
-                save_model(out_dir / "best_model.pt", engine.get_weights(), spec, epoch=done, val_dice=scores.mean)
+        state = run_epochs(engine, train, epochs=epochs, val_every=val_every,
+                           validate=lambda: engine.evaluate(val, label="validation"),
+                           after_epoch=lambda st, row, _: tracker.log_scalars(history_scalars(row), step=st.epoch),
+                           label="fedseg train", log_epochs=True)
     finally:
         tracker.close()
     final = engine.get_weights()
-    save_model(out_dir / "final_model.pt", final, spec, epoch=done)
+    save_run_models(out_dir, spec, final, state)
     models, per_case = {}, {}
     models["final"], per_case["final"] = _score_sites(engine, data, final)
-    if best_epoch:
-        key = f"best (epoch {best_epoch})"
-        models[key], per_case[key] = _score_sites(engine, data, load_model(out_dir / "best_model.pt", spec))
+    if state.best_model is not None:
+        key = best_label(state.best_epoch)
+        models[key], per_case[key] = _score_sites(engine, data, state.best_model)
     wall = time.perf_counter() - start
-    run = LocalRunResult(models, best_epoch, best_dice, class_names, wall, out_dir)
-    write_json(out_dir / "results.json", {
-        "task": spec.name, "variant": spec.variant_name, "mode": mode, "backend": "local",
-        "sites": [s.site for s in sites], "epochs": epochs, "seed": seed, "best_epoch": best_epoch,
-        "training_cases": len(train_items), "classes": list(class_names[1:]), "models": models_to_json(models),
-        "history": _finite(history), "wall_time_s": round(wall, 1), "tracking": tracking or "tensorboard",
-        # Per-case Dice in the order of each site's test list, without case names; it stays with the run.
-        "per_case_dice": per_case,
-    })
-    return run
+    write_run_results(out_dir, spec, sites, backend="local", state=state, epochs=epochs, seed=seed,
+                      class_names=class_names, models=models, per_case=per_case, training_cases=len(train_items),
+                      tracking=tracking, wall_time_s=wall)
+    return LocalRunResult(models, state.best_epoch, state.best_val_dice, class_names, wall, out_dir)
+
+
+def run_backend(spec: TaskSpec, sites: list[SiteConfig], out_dir: Path, options: TrainOptions) -> LocalRunResult:
+    """The ``local`` backend's ``fedseg train``: :func:`run_local` with the site's runtime."""
+    if options.resume is not None:
+        raise FedsegError("--resume continues a stopped Ray run: add --backend ray")
+    runtime = Runtime.for_site(sites[0], device=options.device, num_threads=options.threads,
+                               precision=options.precision)
+    return run_local(spec, sites, out_dir, epochs=options.epochs, val_every=options.val_every, seed=options.seed,
+                     runtime=runtime, tracking=options.tracking, init_weights=options.init_weights)
 
 
 def _score_sites(engine: SegmentationEngine, data: list[SiteData], weights
@@ -125,7 +120,3 @@ def _score_sites(engine: SegmentationEngine, data: list[SiteData], weights
         by_site[d.site.site] = SiteScore.from_scores(scores)
         per_case[d.site.site] = per_case_json(scores)
     return with_pooled(by_site), per_case
-
-
-def _finite(rows: list[dict]) -> list[dict]:
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]

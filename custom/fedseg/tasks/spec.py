@@ -199,6 +199,17 @@ class TaskSpec:
         return self.interaction is not None
 
     @property
+    def fixed_classes(self) -> bool:
+        """The spec fixes the classes (a dataset must name as many); an interactive task segments
+        whatever objects its dataset labels instead."""
+        return not self.interactive
+
+    @property
+    def kind(self) -> str:
+        """The task's kind (:mod:`fedseg.tasks.kinds`): how its data, training and scoring work."""
+        return "interactive" if self.interactive else "segmentation"
+
+    @property
     def image_channels(self) -> int:
         """Channels of the image files (an interactive task adds two guidance maps to them)."""
         return self.in_channels - 2 if self.interactive else self.in_channels
