@@ -10,7 +10,10 @@ helpers (``add_experiment_tracking``, ``add_cross_site_evaluation``) use the rec
 * ``_job.comp_ids["persistor_id"]``: which persistor the cross-site model locator reads, as
   NVFlare's ``add_cross_site_evaluation`` finds it;
 * ``_job.set_app_packages``: fedseg is installed where the job runs, so its sources are not copied
-  into ``app/custom`` (a thin, non-BYOC job).
+  into ``app/custom`` (a thin, non-BYOC job);
+* ``_always_serialize_args`` on ``ConsortiumFedOpt`` (a class attribute NVFlare's job exporter reads,
+  ``job_config/fed_job_config.py``): the server optimizer's arguments are written into the job
+  even when they equal NVFlare's defaults, so the job says which optimizer runs.
 
 If NVFlare renames any of these, :func:`fed_job` fails with a message saying so.
 """
