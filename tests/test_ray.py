@@ -187,3 +187,31 @@ def test_a_ray_site_is_trained_by_the_ray_site_trainer(spleen_dataset, tmp_path)
                      backend="ray", ray={"workers": 8})
     with pytest.raises(ConfigError, match=r"ray.workers 8 of site 'site-1' .* more than its 6 training case"):
         RaySiteTrainer(open_site_data(spec, load_site_config(many)), Runtime.create("cpu"))
+
+
+def test_a_ray_round_that_outlives_its_bound_is_stopped_and_refused():
+    """The site thread that runs a round's fit() is bounded: past ray.round_timeout_s the stop action
+    runs (it shuts the site's Ray down, which ends the fit) and the round ends in RoundTimeout."""
+    import threading
+    import time
+
+    from fedseg.errors import FedsegError
+    from fedseg.ray.trainer import RoundTimeout, in_own_thread
+
+    released = threading.Event()
+    stopped = []
+
+    def fit():  # stands in for a fit() that only ends once its cluster is stopped
+        released.wait(30)
+        raise RuntimeError("the cluster went away")
+
+    def stop():
+        stopped.append(time.monotonic())
+        released.set()
+
+    start = time.monotonic()
+    with pytest.raises(RoundTimeout, match=r"did not finish within 0.5 s \(ray.round_timeout_s\)") as err:
+        in_own_thread(fit, 0.5, stop)
+    assert isinstance(err.value, FedsegError)  # the FL client withholds the round's update on it
+    assert stopped and 0.4 < stopped[0] - start < 5 and time.monotonic() - start < 10
+    assert in_own_thread(lambda: 7, 5, stop) == 7 and len(stopped) == 1  # a round within its bound is untouched
