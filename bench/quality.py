@@ -1,111 +1,324 @@
-"""Quality with non-IID sites: FedAvg, FedProx, FedOpt vs centralized vs each site alone, on scanner-split data.
+"""How much federated training loses against pooling the data: methods x splits, over seeds, with intervals.
 
-The phantoms are split with ``fedseg data split --mode scanner`` (each site's cases rewritten for
-its own scanner: intensity offset and gain, noise, slice thickness, field of view). Then, with the
-same total epochs (FedAvg: rounds x local epochs; the others: that many epochs):
+For every split (IID, scanner-heterogeneous sites, unequal site sizes) the phantoms are drawn and
+split once (``fedseg data split``, ``--mode scanner`` rewriting each site's cases for its own
+scanner). For every seed, every method starts from the same initial weights (the seeded network,
+saved once and handed to the FL server's persistor with ``--initial-model`` and to the
+centralized and single-site runs with ``--init``) and trains the same total epochs (federated:
+rounds x local epochs). Every method's final model is then scored by the same code
+(:func:`fedseg.site_eval.score_cases`) on every site's test cases, case by case, so the table
+compares like with like: per-site and pooled mean Dice with 95% bootstrap intervals over seeds and
+cases, and paired differences against centralized (:mod:`bench.stats`).
 
-* FedAvg, FedProx and FedOpt (NVFlare's recipes, jobs from the same generator): fedseg's job in
-  the NVFlare simulator with cross-site evaluation, read with
-  ``fedseg.flare.simulate.summarize`` (what ``fedseg simulate`` puts in its results.json; the
-  command itself always re-splits IID, so the job is run on the scanner sites' YAMLs directly);
-* centralized: ``fedseg train --pooled`` on all sites' YAMLs;
-* each site alone: ``fedseg train --site-config``. Its results.json scores the site's own test
-  cases; the other sites' test cases are scored here with the engine on its ``final_model.pt``.
-
-Every model is the final one (last round or epoch); Dice per class on every site's test cases.
+Federated methods run as users run them (``fedseg.flare.simulate.simulate``: NVFlare's SimEnv, the
+generated job, cross-site evaluation); centralized is ``run_local`` on all sites' YAMLs.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import logging
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.common import Settings, resolve_device, synth_dataset
-from bench.flsim import run_job
+from bench.stats import interval, paired_difference
+
+log = logging.getLogger("fedseg")
 
 
-def _fedseg(*args: str) -> None:
-    """Run a fedseg command as a user would (its own process); fail loudly with its output."""
-    cmd = [sys.executable, "-m", "fedseg.cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+@dataclass(frozen=True)
+class Split:
+    name: str
+    sites: int
+    mode: str = "iid"  # iid | scanner (fedseg data split --mode)
+    shares: tuple[float, ...] | None = None  # relative site sizes (None: equal)
 
 
-def _final_scores(results_json: Path) -> dict[str, dict]:
-    body = json.loads(Path(results_json).read_text())
-    return body["models"]["final"]
+@dataclass(frozen=True)
+class Method:
+    """One way to train: ``centralized`` (all sites pooled) or ``federated`` with an algorithm."""
+
+    name: str
+    kind: str = "federated"
+    algorithm: str = "fedavg"
+    options: tuple[tuple[str, float], ...] = ()
+    local_epochs: int | None = None  # federated: epochs per round (None: the plan's)
 
 
-def _score_elsewhere(spec, model_path: Path, configs: dict[str, Path], sites: list[str], device: str,
-                     threads: int) -> dict[str, dict]:
-    """Score a model file on the named sites' test cases with the engine (as ``fedseg train`` scores its own)."""
-    from fedseg.checkpoint import load_model
+SPLITS = {
+    "iid2": Split("iid2", 2),
+    "scanner2": Split("scanner2", 2, "scanner"),
+    "scanner4": Split("scanner4", 4, "scanner"),
+    "unequal4": Split("unequal4", 4, "iid", (4.0, 1.0, 1.0, 1.0)),
+}
+METHODS = {m.name: m for m in (
+    Method("centralized", "centralized"),
+    Method("fedavg"),
+    Method("fedprox_mu0.01", algorithm="fedprox", options=(("mu", 0.01),)),
+    Method("fedprox_mu0.1", algorithm="fedprox", options=(("mu", 0.1),)),
+    Method("fedopt_lr1_m0.6", algorithm="fedopt", options=(("server_lr", 1.0), ("server_momentum", 0.6))),
+    Method("fedopt_lr0.5_m0.9", algorithm="fedopt", options=(("server_lr", 0.5), ("server_momentum", 0.9))),
+    Method("scaffold", algorithm="scaffold"),
+    Method("ditto", algorithm="ditto"),
+    Method("fedavg_1epoch", local_epochs=1),
+)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one quality measurement runs; the defaults fit a couple of hours on 2 CPU cores per split."""
+
+    splits: tuple[str, ...] = ("iid2", "scanner2")
+    methods: tuple[str, ...] = ("centralized", "fedavg")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    rounds: int = 10
+    local_epochs: int = 4
+    train_cases: int = 6  # per site (the unequal split scales these by its shares)
+    val_cases: int = 2
+    test_cases: int = 10
+    variant: str = "tiny"
+    task: str = "spleen"
+    threads: int = 1
+    resamples: int = 2000
+
+    @property
+    def epochs(self) -> int:
+        return self.rounds * self.local_epochs
+
+    def __post_init__(self) -> None:
+        for name in self.splits:
+            if name not in SPLITS:
+                raise ValueError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
+        for name in self.methods:
+            if name not in METHODS:
+                raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        if "centralized" not in self.methods:
+            raise ValueError("the plan needs the centralized method: every difference is taken against it")
+        for name in self.methods:
+            e = METHODS[name].local_epochs
+            if e is not None and self.epochs % e:
+                raise ValueError(f"method {name}: {self.epochs} total epochs are not a whole number of "
+                                 f"{e}-epoch rounds")
+
+
+# Data -------------------------------------------------------------------------------------------
+def _prepare_split(plan: Plan, split: Split, root: Path) -> tuple[Path, dict[str, Path]]:
+    """Phantoms for ``split``, dealt to its sites: each holds ``plan.test_cases`` test and ``plan.val_cases``
+    validation cases, and its share of training cases (the smallest share gets ``plan.train_cases``)."""
+    from fedseg.data.scanner import scanner_split
+    from fedseg.data.split import split_dataset
+    from fedseg.data.synth import synthesize
+    from fedseg.site_config import write_site_config
+
+    shares = list(split.shares or [1.0] * split.sites)
+    counts = [round(plan.train_cases * s / min(shares)) + plan.val_cases + plan.test_cases for s in shares]
+    source = root / "phantoms"
+    if not (source / "dataset.json").is_file():
+        synthesize(plan.task, source, sum(counts), seed=1000 + sum(map(ord, split.name)), workers=2)
+    lists = root / "lists"
+    exact = dict(shares=counts, val_cases=plan.val_cases, test_cases=plan.test_cases)
+    if split.mode == "scanner":
+        written, data_root = scanner_split(source, split.sites, lists, seed=0, **exact), lists
+    else:
+        written, data_root = split_dataset(source, split.sites, lists, seed=0, **exact), source
+    configs = {site: write_site_config(root / "site_configs" / f"{site}.yaml", site,
+                                       {plan.task: (data_root, written[site])}, device="cpu",
+                                       num_threads=plan.threads, cache_rate=1.0, num_workers=0)
+               for site in (f"site-{k}" for k in range(1, split.sites + 1))}
+    return data_root, configs
+
+
+def _initial_model(plan: Plan, seed: int, root: Path) -> Path:
+    """The seeded network every method of this seed starts from."""
+    from fedseg.checkpoint import save_model
     from fedseg.engine import Runtime, SegmentationEngine
-    from fedseg.results import SiteScore
-    from fedseg.site_config import load_site_config
-    from fedseg.site_data import open_site_data
+    from fedseg.tasks import get_task
 
-    weights = load_model(model_path, spec)
-    out = {}
-    for site in sites:
-        data = open_site_data(spec, load_site_config(configs[site]))
-        engine = SegmentationEngine(spec, Runtime.create(device, num_threads=threads), class_names=data.class_names)
-        out[site] = SiteScore.from_scores(engine.evaluate(engine.eval_data(data.items("test")), weights=weights)).to_json()
+    path = root / f"initial_seed{seed}.pt"
+    if not path.is_file():
+        spec = get_task(plan.task, plan.variant)
+        engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=plan.threads), seed=seed)
+        save_model(path, engine.get_weights(), spec, seed=seed)
+    return path
+
+
+# Runs -------------------------------------------------------------------------------------------
+def _train(plan: Plan, method: Method, seed: int, data_root: Path, configs: dict[str, Path], init: Path,
+           out: Path) -> Path:
+    """Train one method for one seed; return its final model file (reused if the run is already there)."""
+    from fedseg.checkpoint import load_initial_model
+    from fedseg.tasks import get_task
+
+    spec = get_task(plan.task, plan.variant)
+    if method.kind == "centralized":
+        final = out / "final_model.pt"
+        if not final.is_file():
+            from fedseg.engine import Runtime
+            from fedseg.runners.local import run_local
+            from fedseg.site_config import load_site_config
+
+            sites = [load_site_config(p) for p in configs.values()]
+            run_local(spec, sites, out, epochs=plan.epochs, val_every=plan.epochs, seed=seed,
+                      runtime=Runtime.create("cpu", num_threads=plan.threads), tracking="none",
+                      init_weights=load_initial_model(init, spec))
+        return final
+    from fedseg.flare.jobs import JobSpec
+    from fedseg.flare.simulate import simulate
+
+    local_epochs = method.local_epochs or plan.local_epochs
+    job = JobSpec(plan.task, algorithm=method.algorithm, variant=plan.variant, num_rounds=plan.epochs // local_epochs,
+                  local_epochs=local_epochs, min_clients=len(configs), seed=seed, algorithm_options=method.options)
+    final = out / "workspace" / job.name / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+    if not final.is_file():
+        simulate(job, n_sites=len(configs), data_dir=data_root, run_dir=out, cases=0, seed=seed,
+                 initial_weights=init, site_configs=configs)
+    return final
+
+
+def _case_means(per_class: dict[str, list]) -> list[float | None]:
+    """Mean Dice over classes per case (None where no class of the case has a value)."""
+    columns = list(per_class.values())
+    out = []
+    for values in zip(*columns):
+        finite = [v for v in values if v is not None]
+        out.append(sum(finite) / len(finite) if finite else None)
     return out
 
 
-def run(settings: Settings, work: Path) -> dict:
-    from fedseg.data.msd import read_dataset_info
-    from fedseg.flare.simulate import summarize
-    from fedseg.results import models_to_json
-    from fedseg.site_config import write_site_config
+def _score(plan: Plan, model: Path, configs: dict[str, Path], seed: int) -> dict[str, list[float | None]]:
+    from fedseg.engine import Runtime
+    from fedseg.site_config import load_site_config
+    from fedseg.site_data import open_site_data
+    from fedseg.site_eval import score_cases
     from fedseg.tasks import get_task
 
-    root = Path(work) / "quality"
-    n, rounds, local_epochs = settings.quality_sites, settings.quality_rounds, settings.quality_local_epochs
-    epochs = rounds * local_epochs
-    device = resolve_device(settings.device)
-    source = synth_dataset(root / "spleen", n * settings.quality_cases_per_site)
-    scanner = root / "scanner"
-    _fedseg("data", "split", "--dataset", str(source), "--sites", str(n), "--out", str(scanner), "--mode", "scanner",
-            "--seed", "0")
-    profiles = json.loads((scanner / "scanners.json").read_text())["sites"]
-    names = [f"site-{k}" for k in range(1, n + 1)]
-    configs = {s: write_site_config(root / "site_configs" / f"{s}.yaml", s, {"spleen": (scanner, scanner / f"{s}.json")},
-                                    device=device, num_threads=1, cache_rate=1.0, num_workers=0) for s in names}
-    common = ["--task", "spleen", "--variant", settings.variant, "--epochs", str(epochs), "--val-every", str(epochs),
-              "--threads", str(settings.threads)]
-    table, fl_wall = {}, {}
-    for algorithm, label in (("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedopt", "FedOpt")):
-        sim = run_job(root / algorithm, scanner, sites=n, rounds=rounds, local_epochs=local_epochs, cases=0,
-                      cross_site=True, variant=settings.variant, config_dir=root / "site_configs", algorithm=algorithm)
-        _, models = summarize(Path(sim.run_dir) / "workspace", read_dataset_info(scanner).foreground_labels)
-        table[label] = models_to_json({"final": models["final"]})["final"]
-        fl_wall[label] = sim.wall_s
-    _fedseg("train", *common, "--pooled", *map(str, configs.values()), "--out", str(root / "pooled"))
-    table["centralized"] = _final_scores(root / "pooled" / "results.json")
-    spec = get_task("spleen", settings.variant)
-    for site in names:
-        out = root / f"alone_{site}"
-        _fedseg("train", *common, "--site-config", str(configs[site]), "--out", str(out))
-        scores = _final_scores(out / "results.json")
-        scores.update(_score_elsewhere(spec, out / "final_model.pt", configs, [s for s in names if s != site],
-                                       device, settings.threads))
-        table[f"{site} alone"] = scores
-    return {"task": f"spleen/{settings.variant}", "sites": n, "cases_per_site": settings.quality_cases_per_site,
-            "fedavg": f"{rounds} rounds x {local_epochs} local epochs", "epochs": epochs, "scanners": profiles,
-            "fl_wall_s": fl_wall, "final_model_dice": table}
+    spec = get_task(plan.task, plan.variant)
+    data = [open_site_data(spec, load_site_config(p)) for p in configs.values()]
+    per_case = score_cases(spec, {"m": model}, data, Runtime.create("cpu", num_threads=plan.threads), seed=seed)["m"]
+    return {site: _case_means(classes) for site, classes in per_case.items()}
+
+
+def run_plan(plan: Plan, work: Path) -> dict:
+    """Run (or reuse) every split x seed x method; return scores and the summary with intervals."""
+    work = Path(work).resolve()
+    scores: dict[str, dict[str, dict[int, dict[str, list]]]] = {}
+    for split_name in plan.splits:
+        split = SPLITS[split_name]
+        root = work / split_name
+        data_root, configs = _prepare_split(plan, split, root)
+        scores[split_name] = {}
+        for seed in plan.seeds:
+            init = _initial_model(plan, seed, root)
+            for name in plan.methods:
+                method = METHODS[name]
+                cached = root / name / f"seed{seed}" / "scores.json"
+                if cached.is_file():
+                    by_site = json.loads(cached.read_text())
+                else:
+                    log.warning("quality: %s, seed %d, %s", split_name, seed, name)
+                    model = _train(plan, method, seed, data_root, configs, init, root / name / f"seed{seed}")
+                    by_site = _score(plan, model, configs, seed)
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    cached.write_text(json.dumps(by_site))
+                scores[split_name].setdefault(name, {})[seed] = by_site
+    return {"plan": asdict(plan), "epochs": plan.epochs, "scores": scores, "summary": summarize(scores, plan)}
+
+
+def _pooled(by_seed: dict, sites: list[str] | None = None) -> dict[int, list]:
+    """Per seed, the cases of ``sites`` (default: every site) one after the other, in site order."""
+    return {int(seed): [v for site in sorted(by_site) if sites is None or site in sites for v in by_site[site]]
+            for seed, by_site in by_seed.items()}
+
+
+def summarize(scores: dict, plan: Plan) -> dict:
+    """Per split and method: pooled and per-site intervals, and the paired difference against centralized."""
+    out: dict = {}
+    for split_name, methods in scores.items():
+        central = _pooled(methods["centralized"])
+        sites = sorted(next(iter(methods["centralized"].values())))
+        rows = {}
+        for name, by_seed in methods.items():
+            pooled = _pooled(by_seed)
+            row = {"pooled": interval(pooled, resamples=plan.resamples).as_json(),
+                   "sites": {s: interval(_pooled(by_seed, [s]), resamples=plan.resamples).as_json() for s in sites}}
+            if name != "centralized":
+                row["minus_centralized"] = paired_difference(pooled, central, resamples=plan.resamples).as_json()
+                reference = interval(central, resamples=plan.resamples).mean
+                row["share_of_centralized"] = round(row["pooled"]["mean"] / reference, 4) if reference else None
+            rows[name] = row
+        out[split_name] = rows
+    return out
+
+
+def table(summary: dict) -> str:
+    """Markdown: one row per split and method."""
+    lines = ["| split | method | pooled Dice [95% CI] | minus centralized [95% CI] | share | per site |",
+             "|---|---|---|---|---|---|"]
+    for split, rows in summary.items():
+        for name, row in rows.items():
+            p = row["pooled"]
+            d = row.get("minus_centralized")
+            diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "-"
+            share = f"{row['share_of_centralized']:.3f}" if row.get("share_of_centralized") else "-"
+            per_site = ", ".join(f"{s} {v['mean']:.3f}" for s, v in row["sites"].items())
+            lines.append(f"| {split} | {name} | {p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] | {diff} "
+                         f"| {share} | {per_site} |")
+    return "\n".join(lines)
+
+
+# The benchmark suite's section (python -m bench --only quality) -------------------------------
+def plan_for(settings) -> Plan:
+    """The plan ``make bench`` runs: the smallest that exercises every piece (its Dice means nothing);
+    ``--quality-schedule`` and ``python -m bench.quality`` run meaningful ones."""
+    return Plan(splits=("scanner2",), methods=("centralized", "fedavg"), seeds=(0, 1),
+                rounds=settings.quality_rounds, local_epochs=settings.quality_local_epochs, train_cases=2,
+                val_cases=1, test_cases=2, variant=settings.variant, threads=1, resamples=200)
+
+
+def run(settings, work: Path) -> dict:
+    result = run_plan(plan_for(settings), Path(work) / "quality")
+    result.pop("scores")
+    return result
 
 
 def rows(result: dict) -> list[list]:
     out = []
-    for method, by_site in result["final_model_dice"].items():
-        cells = ", ".join(f"{s} {v['dice'].get('spleen') if v['dice'].get('spleen') is not None else float('nan'):.3f}"
-                          for s, v in sorted(by_site.items()) if s != "pooled")
-        mean = [v["dice"]["spleen"] for s, v in by_site.items() if s != "pooled" and v["dice"].get("spleen") is not None]
-        out.append([f"quality (scanner sites): {method}", f"spleen Dice mean {sum(mean) / max(len(mean), 1):.3f}",
-                    cells, f"{result['epochs']} epochs"])
+    for split, methods in result["summary"].items():
+        for name, row in methods.items():
+            p, d = row["pooled"], row.get("minus_centralized")
+            out.append([f"quality ({split}): {name}", f"Dice {p['mean']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]",
+                        f"minus centralized {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "",
+                        f"{result['epochs']} epochs, seeds {p['seeds']}, cases {p['cases']}"])
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
+    p.add_argument("--splits", nargs="+", default=list(Plan.splits), choices=list(SPLITS))
+    p.add_argument("--methods", nargs="+", default=list(Plan.methods), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(Plan.seeds))
+    p.add_argument("--rounds", type=int, default=Plan.rounds)
+    p.add_argument("--local-epochs", type=int, default=Plan.local_epochs)
+    p.add_argument("--test-cases", type=int, default=Plan.test_cases)
+    p.add_argument("--work", default="runs/quality", help="runs and scores are kept and reused here")
+    p.add_argument("--out", default=None, help="JSON (default WORK/quality.json)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    plan = Plan(splits=tuple(a.splits), methods=tuple(a.methods), seeds=tuple(a.seeds), rounds=a.rounds,
+                local_epochs=a.local_epochs, test_cases=a.test_cases)
+    result = run_plan(plan, Path(a.work))
+    out = Path(a.out or Path(a.work) / "quality.json")
+    out.write_text(json.dumps(result, indent=2))
+    print(table(result["summary"]))
+    print(f"\n{plan.epochs} epochs per method; JSON in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    if __package__ in (None, ""):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())

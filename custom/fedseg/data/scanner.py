@@ -121,7 +121,8 @@ def rewrite_case(image_in: Path, label_in: Path, image_out: Path, label_out: Pat
 
 
 def scanner_split(dataset: Path, sites: int, out: Path, seed: int = 0, *, shares: list[float] | None = None,
-                  profiles: list[ScannerProfile] | None = None) -> dict[str, Path]:
+                  profiles: list[ScannerProfile] | None = None, val_cases: int | None = None,
+                  test_cases: int | None = None) -> dict[str, Path]:
     """Deal cases as the IID split does, rewrite each for its site's scanner; return the datalists written.
 
     ``out`` must not be ``dataset`` itself: it becomes the sites' data root, with its own ``dataset.json``.
@@ -135,7 +136,8 @@ def scanner_split(dataset: Path, sites: int, out: Path, seed: int = 0, *, shares
     if len(profiles) != sites:
         raise ValueError(f"{len(profiles)} scanner profiles given for {sites} sites")
     with tempfile.TemporaryDirectory() as tmp:
-        iid = split_dataset(dataset, sites, Path(tmp), seed=seed, shares=shares)
+        iid = split_dataset(dataset, sites, Path(tmp), seed=seed, shares=shares, val_cases=val_cases,
+                            test_cases=test_cases)
         lists = {name: read_json(path, "datalist") for name, path in iid.items() if name != POOLED}
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

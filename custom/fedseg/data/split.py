@@ -27,10 +27,13 @@ def _shares(n_cases: int, sites: int, shares: list[float] | None) -> list[int]:
     return counts.tolist()
 
 
-def _site_splits(cases: list[dict], val_fraction: float, test_fraction: float) -> dict[str, list[dict]]:
+def _site_splits(cases: list[dict], val_fraction: float, test_fraction: float, val_cases: int | None = None,
+                 test_cases: int | None = None) -> dict[str, list[dict]]:
     n = len(cases)
-    n_test = max(1, int(round(n * test_fraction)))
-    n_val = max(1, int(round(n * val_fraction)))
+    n_test = test_cases if test_cases is not None else max(1, int(round(n * test_fraction)))
+    n_val = val_cases if val_cases is not None else max(1, int(round(n * val_fraction)))
+    if n_test + n_val >= n:
+        raise DataError(f"a site of {n} cases cannot hold {n_test} test and {n_val} validation cases and still train")
     return {"test": cases[:n_test], "validation": cases[n_test:n_test + n_val], "training": cases[n_test + n_val:]}
 
 
@@ -43,12 +46,15 @@ def split_dataset(
     shares: list[float] | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
+    val_cases: int | None = None,
+    test_cases: int | None = None,
 ) -> dict[str, Path]:
     """Write ``site-1.json`` .. ``site-K.json`` and the pooled ``site-All.json``; return their paths.
 
     Cases are shuffled with ``seed`` and dealt out in proportion to ``shares`` (equal by default);
     no case goes to two sites, and within a site no case is in two lists. Paths stay relative to
-    the dataset root, as in ``dataset.json``.
+    the dataset root, as in ``dataset.json``. ``val_cases`` and ``test_cases`` give every site exactly
+    that many validation and test cases instead of the fractions.
     """
     if sites < 1:
         raise ValueError(f"--sites must be at least 1, got {sites}")
@@ -71,7 +77,7 @@ def split_dataset(
     start = 0
     for k, count in enumerate(counts, start=1):
         name = f"site-{k}"
-        splits = _site_splits(shuffled[start:start + count], val_fraction, test_fraction)
+        splits = _site_splits(shuffled[start:start + count], val_fraction, test_fraction, val_cases, test_cases)
         start += count
         for s in SPLITS:
             pooled[s].extend(splits[s])

@@ -203,12 +203,15 @@ def summarize(workspace: Path, class_names: tuple[str, ...]) -> tuple[JobResults
 
 def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases: int, seed: int = 0,
              client_script: Path | None = None, shares: list[float] | None = None,
-             initial_weights: Path | None = None, site_backends: dict[str, str] | None = None) -> SimulationResult:
+             initial_weights: Path | None = None, site_backends: dict[str, str] | None = None,
+             site_configs: dict[str, Path] | None = None) -> SimulationResult:
     """The whole demo: data, split, site YAMLs, job, simulator, results table and ``results.json``.
 
     ``initial_weights`` (a model file or MONAI bundle that fits the task) is the starting global model;
     ``client_script`` replaces the installed fedseg client (tests ship fault injectors);
     ``site_backends`` (e.g. ``{"site-1": "ray"}``) lets sites train elsewhere than in process.
+    ``site_configs`` (``{"site-1": YAML, ...}``, all in one folder) are used as they are instead of
+    splitting ``data_dir`` IID (e.g. a scanner split's sites).
     """
     start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
@@ -217,8 +220,11 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     (run_dir / "run.json").write_text(json.dumps({"job": asdict(job), "sites": n_sites, "data": str(Path(data_dir).resolve()),
                                                   "cases": cases, "seed": seed, "shares": shares,
                                                   "site_backends": site_backends or {}}, indent=2))
-    config_dir = prepare_sites(job.task, data_dir, n_sites, run_dir, cases=cases, seed=seed, shares=shares,
-                               backends=site_backends)
+    if site_configs:
+        config_dir = _given_sites(site_configs, n_sites)
+    else:
+        config_dir = prepare_sites(job.task, data_dir, n_sites, run_dir, cases=cases, seed=seed, shares=shares,
+                                   backends=site_backends)
     # The record of what ran (and the list of classes the sites must allow): the same job, exported.
     job_dir = export_job(job, run_dir / "job", client_script=client_script, initial_weights=initial_weights)
     sim_start = time.perf_counter()
@@ -235,6 +241,18 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
                    simulator_time_s=round(sim_time, 1), job_dir=str(job_dir), workspace=str(workspace),
                    training_cases=training_cases(config_dir, job.task, n_sites), **local)
     return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results, failed)
+
+
+def _given_sites(site_configs: dict[str, Path], n_sites: int) -> Path:
+    expected = [f"site-{k}" for k in range(1, n_sites + 1)]
+    folders = {Path(p).resolve().parent for p in site_configs.values()}
+    if sorted(site_configs) != sorted(expected) or len(folders) != 1:
+        raise FedsegError(f"site_configs must name {', '.join(expected)}, each <site>.yaml in one folder; "
+                          f"got {dict(site_configs)}")
+    for site, path in site_configs.items():
+        if Path(path).name != f"{site}.yaml":
+            raise FedsegError(f"{path}: the simulated {site} reads {site}.yaml from its folder")
+    return folders.pop()
 
 
 def training_cases(config_dir: Path, task: str, n_sites: int) -> dict[str, int]:

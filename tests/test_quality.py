@@ -1,0 +1,93 @@
+"""The quality measurement's machinery: bootstrap intervals, paired differences, the summary, and (slow) one
+smallest real run of centralized and FedAvg from the same initial weights. No Dice figure is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+
+from bench.quality import Plan, run_plan, summarize, table  # noqa: E402
+from bench.stats import interval, paired_difference  # noqa: E402
+
+
+def test_the_interval_covers_the_mean_and_narrows_with_more_cases():
+    rng = np.random.default_rng(0)
+    few = {s: list(rng.normal(0.8, 0.1, 5)) for s in range(3)}
+    many = {s: list(rng.normal(0.8, 0.1, 200)) for s in range(3)}
+    a, b = interval(few, resamples=500), interval(many, resamples=500)
+    assert a.low < a.mean < a.high and b.low < b.mean < b.high
+    assert (b.high - b.low) < (a.high - a.low)
+    assert (a.n_seeds, a.n_cases) == (3, 15)
+    # Missing values (a case without the class) are left out, not counted as 0.
+    assert interval({0: [1.0, None, float("nan")]}, resamples=50).mean == 1.0
+
+
+def test_a_paired_difference_is_tighter_than_the_two_intervals_and_has_the_right_sign():
+    rng = np.random.default_rng(1)
+    hardness = {s: rng.uniform(0.3, 0.95, 30) for s in range(3)}  # the same cases are hard for both
+    central = {s: list(h) for s, h in hardness.items()}
+    fed = {s: list(h - 0.05 + rng.normal(0, 0.01, 30)) for s, h in hardness.items()}
+    d = paired_difference(fed, central, resamples=1000)
+    assert d.high < 0 and d.low < d.mean < d.high and d.mean == pytest.approx(-0.05, abs=0.01)
+    spread = interval(central, resamples=1000)
+    assert (d.high - d.low) < (spread.high - spread.low) / 3
+    with pytest.raises(ValueError, match="same cases in the same order"):
+        paired_difference({0: [0.1, 0.2]}, {0: [0.1]})
+
+
+def test_the_summary_gives_every_method_its_intervals_and_difference_to_centralized():
+    rng = np.random.default_rng(2)
+
+    def method(offset):
+        return {s: {"site-1": list(0.8 + offset + rng.normal(0, 0.02, 4)),
+                    "site-2": list(0.7 + offset + rng.normal(0, 0.02, 4))} for s in (0, 1, 2)}
+
+    scores = {"scanner2": {"centralized": method(0.0), "fedavg": method(-0.1)}}
+    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg"), resamples=300)
+    summary = summarize(scores, plan)["scanner2"]
+    assert set(summary) == {"centralized", "fedavg"} and "minus_centralized" not in summary["centralized"]
+    row = summary["fedavg"]
+    assert set(row["sites"]) == {"site-1", "site-2"} and row["pooled"]["cases"] == 24
+    assert row["minus_centralized"]["ci95"][1] < 0 < 1 - row["share_of_centralized"]
+    assert "| scanner2 | fedavg |" in table({"scanner2": summary})
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(methods=("fedavg",)), "needs the centralized method"),
+    (dict(splits=("nowhere",)), "unknown split 'nowhere'"),
+    (dict(methods=("centralized", "fedavg_1epoch"), rounds=3, local_epochs=1), None),
+])
+def test_a_plan_is_checked(bad, message):
+    if message is None:
+        assert Plan(**bad).epochs == 3
+        return
+    with pytest.raises(ValueError, match=message):
+        Plan(**bad)
+
+
+@pytest.mark.slow
+def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp_path):
+    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg"), seeds=(0, 1), rounds=1, local_epochs=1,
+                train_cases=2, val_cases=1, test_cases=2, resamples=100)
+    result = run_plan(plan, tmp_path)
+    scores = result["scores"]["scanner2"]
+    for method in ("centralized", "fedavg"):
+        for seed in (0, 1):
+            assert {site: len(v) for site, v in scores[method][seed].items()} == {"site-1": 2, "site-2": 2}
+    row = result["summary"]["scanner2"]["fedavg"]
+    assert row["pooled"]["seeds"] == 2 and row["pooled"]["cases"] >= 1
+    assert all(math.isfinite(x) for x in row["minus_centralized"]["ci95"])
+    # Both methods of a seed started from the one saved initial model.
+    assert sorted(p.name for p in (tmp_path / "scanner2").glob("initial_seed*.pt")) == ["initial_seed0.pt",
+                                                                                      "initial_seed1.pt"]
+    # A second call reuses every finished run (scores are cached per split, method and seed).
+    again = run_plan(plan, tmp_path)
+    assert again["scores"] == result["scores"]
