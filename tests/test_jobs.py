@@ -97,7 +97,7 @@ def test_fedprox_and_fedopt_jobs_use_nvflares_own_controllers(tmp_path):
     # NVFlare's ModelController FedOpt (not FedOptRecipe's ScatterAndGather), so it shares the round rules.
     assert controller["path"] == "fedseg.flare.controller.ConsortiumFedOpt"
     assert controller["args"]["optimizer_args"]["args"] == {"lr": 1.0, "momentum": 0.6}
-    assert controller["args"]["source_model"]["args"] == {"task": "spleen", "variant": "tiny"}
+    assert controller["args"]["source_model"]["args"] == {"task": "spleen", "variant": "tiny", "norm": "batch"}
     assert "DIFF" in json.dumps(client)
     assert {c["id"]: c for c in opt["components"]}["model_selector"]["args"]["key_metric"] == "val_dice"
     # FedOpt resumes like the others now.

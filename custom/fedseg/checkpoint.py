@@ -20,11 +20,12 @@ from fedseg.tasks.spec import TaskSpec
 
 
 def save_model(path: Path, weights: Mapping[str, torch.Tensor], spec: TaskSpec, **info) -> Path:
-    """Save weights with the task, variant and class names they belong to (plus any plain ``info``)."""
+    """Save weights with the task, variant, recipe levers and class names they belong to (plus any plain ``info``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": {k: v.detach().cpu() for k, v in weights.items()}, "task": spec.name,
-               "variant": spec.variant_name, "labels": list(spec.labels), **info}
+               "variant": spec.variant_name, "labels": list(spec.labels),
+               "recipe": [list(pair) for pair in spec.levers], **info}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)  # a crash mid-write never leaves a truncated model behind

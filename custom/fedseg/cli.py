@@ -14,7 +14,7 @@ from fedseg.errors import CheckpointError, FedsegError
 from fedseg.progress import bar_wanted
 from fedseg.run_dirs import claim_run_dir, new_run_dir, non_negative_float, non_negative_int, positive_int
 from fedseg.site_config import PRECISIONS
-from fedseg.tasks import VARIANTS, get_task, task_names
+from fedseg.tasks import VARIANTS, get_task, recipe_lever, task_names
 
 log = logging.getLogger("fedseg")
 
@@ -23,6 +23,19 @@ def _task_args(p: argparse.ArgumentParser, variant_default: str | None = "full")
     p.add_argument("--task", required=True, choices=task_names())
     p.add_argument("--variant", default=variant_default, choices=VARIANTS,
                    help="full: the card's recipe; tiny: small patches and channels for CPU")
+    _recipe_arg(p)
+
+
+def _recipe_arg(p: argparse.ArgumentParser) -> None:
+    from fedseg.tasks.spec import LEVERS
+
+    p.add_argument("--recipe", action="append", default=None, type=recipe_lever, metavar="NAME=CHOICE",
+                   help="change a part of the card's recipe: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in LEVERS.items())
+                        + " (e.g. augment=scanner, norm=instance); repeatable")
+
+
+def _levers(a) -> dict[str, str]:
+    return dict(a.recipe or [])
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -127,7 +140,7 @@ def cmd_annotate(a) -> int:
 def cmd_train(a) -> int:
     from fedseg.site_config import load_site_config
 
-    spec = get_task(a.task, a.variant, a.optimizer)
+    spec = get_task(a.task, a.variant, a.optimizer, _levers(a))
     paths = a.pooled or ([a.site_config] if a.site_config else [])
     if not paths:
         raise FedsegError("give --site-config SITE.yaml (one site) or --pooled SITE.yaml ... (centralized)")
@@ -188,7 +201,7 @@ def _local_figures(spec, sites, out: Path, result, *, device: str | None, thread
     return [p for p in write_local_report(out) if p.suffix == ".png"] + sorted(out.glob("overlay_*.png"))
 
 
-def detect_variant(task: str, model: Path) -> str:
+def detect_variant(task: str, model: Path, levers: dict[str, str] | None = None) -> str:
     """The variant a model file fits: recorded in fedseg files, found by shape for others."""
     from fedseg.checkpoint import load_model, model_variant
 
@@ -197,7 +210,7 @@ def detect_variant(task: str, model: Path) -> str:
         return recorded
     for variant in VARIANTS:
         try:
-            load_model(model, get_task(task, variant))
+            load_model(model, get_task(task, variant, levers=levers))
             return variant
         except CheckpointError:
             continue
@@ -210,8 +223,8 @@ def cmd_infer(a) -> int:
 
     # Everything that can be refused is refused before the model runs: outputs, model file, inputs.
     pairs = plan_outputs([Path(i) for i in a.image], a.out)
-    variant = a.variant or detect_variant(a.task, Path(a.model))
-    spec = get_task(a.task, variant)
+    variant = a.variant or detect_variant(a.task, Path(a.model), _levers(a))
+    spec = get_task(a.task, variant, levers=_levers(a))
     for image, _ in pairs:
         if not image.is_dir():
             check_input(image, spec)
@@ -233,7 +246,7 @@ def cmd_export(a) -> int:
     from fedseg.bundle import export_bundle
 
     model = Path(a.model)
-    spec = get_task(a.task, a.variant or detect_variant(a.task, model))
+    spec = get_task(a.task, a.variant or detect_variant(a.task, model, _levers(a)), levers=_levers(a))
     out = claim_run_dir(Path(a.out), overwrite=a.overwrite, replaced=("configs", "models"))
     export_bundle(spec, model, out, run_dir=Path(a.run_dir) if a.run_dir else None)
     print(f"wrote MONAI bundle {out} (run it: python -m monai.bundle run --config_file {out}/configs/inference.json "
@@ -252,7 +265,7 @@ def cmd_evaluate(a) -> int:
     from fedseg.site_eval import score_cases, write_overlays
 
     model = Path(a.model)
-    spec = get_task(a.task, a.variant or detect_variant(a.task, model))
+    spec = get_task(a.task, a.variant or detect_variant(a.task, model, _levers(a)), levers=_levers(a))
     site = load_site_config(Path(a.site_config))
     out = (claim_run_dir(Path(a.out), overwrite=a.overwrite) if a.out
            else new_run_dir(spec.name, site.site, "evaluate"))
@@ -282,7 +295,7 @@ def cmd_jobs_export(a) -> int:
     overrides = dict(variant=a.variant, num_rounds=a.rounds, local_epochs=a.local_epochs, min_clients=a.min_clients,
                      privacy=a.privacy, tracking=a.tracking, gpus=a.gpus, site_gpus=_site_gpus(a.site_gpus),
                      algorithm_options=tuple(a.algorithm_option) if a.algorithm_option else None,
-                     **_deadline_overrides(a))
+                     recipe=tuple(a.recipe) if a.recipe else None, **_deadline_overrides(a))
     if a.algorithm_option and not a.task:
         raise FedsegError("--algorithm-option needs --task and --algorithm: options belong to one algorithm")
     if a.task:
@@ -300,7 +313,7 @@ def cmd_jobs_export(a) -> int:
         if a.server_path:  # the file is (or will be) on the server: check it here, name its path there
             from fedseg.checkpoint import load_initial_model
 
-            load_initial_model(Path(a.initial_model), get_task(jobs[0].task, jobs[0].variant))
+            load_initial_model(Path(a.initial_model), jobs[0].spec)
             jobs = (jobs[0].with_overrides(initial_model=a.server_path),)
         else:
             shipped = Path(a.initial_model)
@@ -321,6 +334,7 @@ def cmd_jobs_allow_list(a) -> int:
 
 
 def _algorithm_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    _recipe_arg(p)
     p.add_argument("--algorithm", default=default, choices=algorithm_names(),
                    help="the FL algorithm (fedseg.algorithms; default fedavg): " + ", ".join(algorithm_names()))
     p.add_argument("--algorithm-option", action="append", default=None, type=algorithm_option, metavar="NAME=VALUE",
@@ -392,7 +406,7 @@ def cmd_simulate(a) -> int:
                                     min_clients=a.min_clients or min(2, a.sites), privacy=a.privacy,
                                     tracking=a.tracking,
                                     algorithm_options=tuple(a.algorithm_option) if a.algorithm_option else None,
-                                    **_deadline_overrides(a))
+                                    recipe=tuple(a.recipe) if a.recipe else None, **_deadline_overrides(a))
     job = overridden
     data_dir = Path(a.data or f"data/{job.task}")
     if a.run_dir:

@@ -30,11 +30,17 @@ def unet_kwargs(spec: TaskSpec) -> dict:
 
 
 class TaskNetwork(UNet):
-    """The UNet a task declares, constructible from its name (state-dict keys equal MONAI's UNet)."""
+    """The UNet a task declares, constructible from its name (state-dict keys equal MONAI's UNet).
 
-    def __init__(self, task: str, variant: str = "full"):
-        super().__init__(**unet_kwargs(get_task(task, variant)))
-        # Kept as attributes: NVFlare's job exporter reads constructor arguments back from them.
+    ``norm`` is the recipe's normalization-layer lever (``fedseg.tasks.spec.LEVERS``), the one lever
+    that changes the network's structure; ``None`` is the card's.
+    """
+
+    def __init__(self, task: str, variant: str = "full", norm: str | None = None):
+        spec = get_task(task, variant)
+        super().__init__(**unet_kwargs(spec.with_levers({"norm": norm}) if norm else spec))
+        # Kept as attributes: NVFlare's job exporter reads constructor arguments back from them
+        # (``norm`` too: UNet keeps the norm it was built with there, which is this lever's value).
         self.task, self.variant = task, variant
 
 

@@ -78,6 +78,16 @@ def augmentation(spec: TaskSpec) -> list[mt.Transform]:
         steps.append(mt.RandRotate90d(keys, prob=aug.rotate90_prob, max_k=3, spatial_axes=(0, 1)))
     if aug.shift_prob > 0:
         steps.append(mt.RandShiftIntensityd(IMAGE, offsets=aug.shift_offset, prob=aug.shift_prob))
+    # What scanners differ by (the augment=scanner lever; off in the cards' recipes).
+    if aug.scale_prob > 0:
+        steps.append(mt.RandScaleIntensityd(IMAGE, factors=aug.scale_factor, prob=aug.scale_prob))
+    if aug.noise_prob > 0:
+        steps.append(mt.RandGaussianNoised(IMAGE, std=aug.noise_std, prob=aug.noise_prob, sample_std=True))
+    if aug.blur_prob > 0:
+        steps.append(mt.RandGaussianSmoothd(IMAGE, sigma_x=aug.blur_sigma, sigma_y=aug.blur_sigma,
+                                            sigma_z=aug.blur_sigma, prob=aug.blur_prob))
+    if aug.gamma_prob > 0:
+        steps.append(mt.RandAdjustContrastd(IMAGE, gamma=aug.gamma, prob=aug.gamma_prob))
     return steps
 
 

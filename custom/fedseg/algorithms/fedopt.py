@@ -28,7 +28,7 @@ class FedOpt(Algorithm):
         # "config_type": "dict" keeps NVFlare's config builder from instantiating these at load time
         # (FedOpt builds them itself, around the model's parameters).
         return ConsortiumFedOpt(
-            source_model=TaskNetwork(job.task, job.variant),
+            source_model=TaskNetwork(**job.network_args),
             optimizer_args={"path": "torch.optim.SGD",
                             "args": {"lr": values["server_lr"], "momentum": values["server_momentum"]},
                             "config_type": "dict"},

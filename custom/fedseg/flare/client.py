@@ -34,7 +34,7 @@ from fedseg.flare.constants import LEAVING, NUM_STEPS, WITHHELD
 from fedseg.progress import log_lines_only
 from fedseg.site_config import find_site_config, load_site_config
 from fedseg.site_data import open_site_data
-from fedseg.tasks import VARIANTS, get_task, task_names
+from fedseg.tasks import VARIANTS, get_task, recipe_lever, task_names
 from fedseg.transforms import seed_from
 
 log = logging.getLogger("fedseg")
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-local", default=None, metavar="REGEX",
                    help="parameters matching REGEX stay the site's own (e.g. normalization layers, FedBN)")
+    p.add_argument("--recipe", action="append", default=[], type=recipe_lever, metavar="NAME=CHOICE",
+                   help="a recipe lever of the job (fedseg.tasks.spec.LEVERS), e.g. augment=scanner; repeatable")
     p.add_argument("--algorithm", default="fedavg", choices=algorithm_names(),
                    help="the FL algorithm's site side (fedseg.algorithms); the server runs its controller")
     p.add_argument("--algorithm-option", action="append", default=[], type=algorithm_option, metavar="NAME=VALUE",
@@ -132,7 +134,7 @@ def checkout_warning(site: str, cfg_path: Path, cases: Mapping[str, int]) -> str
 
 def _open_site(site: str, args: argparse.Namespace):
     """Load the site's YAML and check its data; on failure the details stay at the site, a summary is raised."""
-    spec = get_task(args.task, args.variant, args.optimizer)
+    spec = get_task(args.task, args.variant, args.optimizer, dict(args.recipe))
     cfg = None
     try:
         cfg = load_site_config(find_site_config(site))

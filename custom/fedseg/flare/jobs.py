@@ -23,6 +23,7 @@ from fedseg.errors import CheckpointError, FedsegError
 from fedseg.flare.constants import HEARTBEAT_INTERVAL_S, KEY_METRIC
 from fedseg.networks import NORM_LAYERS, TaskNetwork
 from fedseg.tasks import get_task
+from fedseg.tasks.spec import NETWORK_LEVERS
 
 log = logging.getLogger("fedseg")
 
@@ -82,6 +83,8 @@ class JobSpec:
     # The algorithm's options as (name, value) pairs, e.g. (("mu", 0.05),) for FedProx; the rest take
     # the defaults the algorithm declares (fedseg.algorithms.<name>).
     algorithm_options: tuple[tuple[str, float], ...] = ()
+    # Recipe levers (fedseg.tasks.spec.LEVERS) as (name, choice) pairs, e.g. (("augment", "scanner"),).
+    recipe: tuple[tuple[str, str], ...] = ()
     # Seconds; None: the variant's default in DEADLINES.
     round_timeout: int | None = None
     straggler_grace: int | None = None
@@ -91,9 +94,10 @@ class JobSpec:
     tracking: str = "tensorboard"
 
     def __post_init__(self) -> None:
-        get_task(self.task, self.variant)  # refuses unknown tasks and variants early
         # Pairs may come back from run.json as lists; keep them hashable and comparable.
         object.__setattr__(self, "algorithm_options", tuple((str(k), v) for k, v in self.algorithm_options))
+        object.__setattr__(self, "recipe", get_task(self.task, "full").with_levers(dict(self.recipe)).levers)
+        self.spec  # refuses unknown tasks, variants and levers early
         object.__setattr__(self, "site_gpus", tuple((str(k), n) for k, n in self.site_gpus))
         if self.privacy not in PRIVACY:
             raise ValueError(f"unknown privacy option {self.privacy!r}; choose one of {', '.join(PRIVACY)}")
@@ -114,6 +118,16 @@ class JobSpec:
             raise ValueError(f"initial_model must be an absolute path on the server, got {self.initial_model!r}")
 
     @property
+    def spec(self):
+        return get_task(self.task, self.variant, levers=dict(self.recipe))
+
+    @property
+    def network_args(self) -> dict:
+        """``fedseg.networks.TaskNetwork``'s arguments: the task, the variant and any structural lever."""
+        structural = {k: v for k, v in self.recipe if k in NETWORK_LEVERS}
+        return {"task": self.task, "variant": self.variant, **structural}
+
+    @property
     def deadlines(self) -> Deadlines:
         """The job's waits: the variant's defaults, with this job's overrides."""
         default = DEADLINES[self.variant]
@@ -125,6 +139,7 @@ class JobSpec:
     def name(self) -> str:
         suffix = "" if self.variant == "tiny" else f"_{self.variant}"
         suffix += "" if self.privacy == "none" else f"_{self.privacy}"
+        suffix += "".join(f"_{k}-{v}" for k, v in self.recipe)
         suffix += f"_from_round{self.start_round}" if self.start_round else ""
         return f"{self.task}_{self.algorithm}{suffix}"
 
@@ -133,6 +148,7 @@ class JobSpec:
         args = f"--task {self.task} --variant {self.variant} --local-epochs {self.local_epochs} --seed {self.seed}"
         if self.privacy == "exclude":
             args += f" --keep-local {NORM_LAYERS}"
+        args += "".join(f" --recipe {k}={v}" for k, v in self.recipe)
         return args + get_algorithm(self.algorithm).client_args(self)
 
     @property
@@ -245,7 +261,7 @@ def build_recipe(job: JobSpec, client_script: str | None = None, initial_ckpt: s
     from fedseg.flare.recipe_ext import (LOCATOR_ID, add_client_component, add_cross_site_evaluation,
                                          add_server_component, installed_packages)
 
-    model = {"class_path": "fedseg.networks.TaskNetwork", "args": {"task": job.task, "variant": job.variant}}
+    model = {"class_path": "fedseg.networks.TaskNetwork", "args": job.network_args}
     recipe = _recipe_class(job, installed_client=client_script is None)(
         name=job.name,
         model=model,
@@ -277,7 +293,7 @@ def build_recipe(job: JobSpec, client_script: str | None = None, initial_ckpt: s
     if job.privacy == "exclude":
         # Named one by one (ExcludeVars' regex form cannot be exported), which also makes the job an
         # auditable list of what never leaves a site.
-        kept = [k for k in TaskNetwork(job.task, job.variant).state_dict() if re.search(NORM_LAYERS, k)]
+        kept = [k for k in TaskNetwork(**job.network_args).state_dict() if re.search(NORM_LAYERS, k)]
         recipe.add_client_output_filter(ExcludeVars(exclude_vars=kept), tasks=["train", "submit_model"])
     elif job.privacy == "percentile":
         recipe.add_client_output_filter(PercentilePrivacy(percentile=10, gamma=0.01), tasks=["train"])
@@ -303,7 +319,7 @@ def staged_recipe(job: JobSpec, client_script: Path | None = None, initial_weigh
     if initial_weights is not None:
         from fedseg.checkpoint import load_initial_model
 
-        initial = load_initial_model(Path(initial_weights), get_task(job.task, job.variant))
+        initial = load_initial_model(Path(initial_weights), job.spec)
     shipped = Path(client_script).resolve() if client_script else None
     with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):
         if shipped is not None:

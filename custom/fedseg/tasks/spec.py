@@ -42,12 +42,25 @@ class IntensitySpec:
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """Random augmentation applied after the patch crop, each with its own probability."""
+    """Random augmentation applied after the patch crop, each with its own probability.
+
+    Intensities are in network units (after the task's intensity mapping: for a CT window of
+    221 HU, 0.1 is about 22 HU). The scanner-like ones (scale, noise, blur, gamma) are off in the
+    cards' recipes; the ``augment=scanner`` lever turns them on (see :data:`LEVERS`).
+    """
 
     flip_prob: float = 0.0
     rotate90_prob: float = 0.0
     shift_offset: float = 0.1
     shift_prob: float = 0.5
+    scale_factor: float = 0.0  # RandScaleIntensity: x * (1 + U(-f, f))
+    scale_prob: float = 0.0
+    noise_std: float = 0.0  # RandGaussianNoise, std drawn up to this
+    noise_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 0.0)  # RandGaussianSmooth: a thicker slice, a softer kernel
+    blur_prob: float = 0.0
+    gamma: tuple[float, float] = (1.0, 1.0)  # RandAdjustContrast
+    gamma_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,8 @@ class TaskSpec:
     interaction: InteractionSpec | None = None
     small: SmallVariant | None = None
     variant_name: str = "full"
+    # Recipe levers applied to this spec (with_levers), as (name, choice) pairs; () is the card's recipe.
+    levers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         dims = self.network.spatial_dims
@@ -258,6 +273,19 @@ class TaskSpec:
         allowed = sorted({self.optimizer.name, *(c.name for c in self.optimizer_choices)})
         raise ValueError(f"task {self.name!r}: optimizer {name!r} not offered; choose one of {', '.join(allowed)}")
 
+    def with_levers(self, levers: "dict[str, str] | None") -> "TaskSpec":
+        """This recipe with the named levers (:data:`LEVERS`) set; ``card`` choices leave it as it is."""
+        spec = self
+        for name, choice in sorted((levers or {}).items()):
+            if name not in LEVERS:
+                raise ValueError(f"unknown recipe lever {name!r}; choose from {', '.join(LEVERS)}")
+            if choice not in LEVERS[name]:
+                raise ValueError(f"recipe lever {name!r} has no choice {choice!r}; choose from "
+                                 f"{', '.join(LEVERS[name])}")
+            spec = LEVERS[name][choice](spec)
+        chosen = tuple(sorted((k, v) for k, v in (levers or {}).items() if v != "card" and v != DEFAULTS.get(k)))
+        return replace(spec, levers=chosen)
+
     @property
     def foreground_labels(self) -> tuple[str, ...]:
         return self.labels[1:]
@@ -270,3 +298,36 @@ class TaskSpec:
         p = min(max(progress, 0.0), 1.0)
         floor = base * self.min_lr_fraction
         return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _scanner_augment(spec: "TaskSpec") -> "TaskSpec":
+    """Augmentation covering what scanners differ by (fedseg.data.scanner's site profiles: intensity
+    offset +-40 HU and gain 0.9-1.1, noise up to 30 HU, slice thickness 1.5-5 mm), in network units.
+
+    For a CT window 1 unit is the window's width in HU; otherwise (z-scored MR) 100 "HU" count as
+    one standard deviation, so the same shares of the intensity spread are used.
+    """
+    width = spec.intensity.a_max - spec.intensity.a_min if spec.intensity.kind == "window" else 100.0
+
+    def hu(value: float) -> float:
+        return value / width
+
+    return replace(spec, augment=replace(
+        spec.augment, shift_offset=max(spec.augment.shift_offset, hu(40.0)), shift_prob=max(spec.augment.shift_prob, 0.5),
+        scale_factor=0.1, scale_prob=0.5, noise_std=hu(30.0), noise_prob=0.3, blur_sigma=(0.5, 1.5), blur_prob=0.3,
+        gamma=(0.8, 1.25), gamma_prob=0.3))
+
+
+def _norm(kind: str):
+    return lambda spec: replace(spec, network=replace(spec.network, norm=kind))
+
+
+# Recipe levers: named, declared alternatives to parts of a card's recipe, chosen per run or job
+# (``--recipe augment=scanner``). "card"/the default choice is the recipe as declared.
+LEVERS: dict = {
+    "augment": {"card": lambda spec: spec, "scanner": _scanner_augment},
+    "norm": {"batch": _norm("batch"), "instance": _norm("instance")},
+}
+DEFAULTS = {"augment": "card", "norm": "batch"}
+# Levers that change the network's structure: the server must build the same network.
+NETWORK_LEVERS = ("norm",)

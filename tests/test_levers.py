@@ -1,0 +1,61 @@
+"""Recipe levers: declared alternatives to parts of a card's recipe, set per run or job, the same everywhere."""
+
+import json
+
+import pytest
+import torch
+
+from fedseg.flare.jobs import JobSpec, export_job
+from fedseg.networks import TaskNetwork, build_network
+from fedseg.tasks import get_task
+from fedseg.transforms import augmentation
+
+
+def test_unknown_levers_and_choices_are_refused_naming_what_is_allowed():
+    spec = get_task("spleen", "tiny")
+    with pytest.raises(ValueError, match=r"unknown recipe lever 'optimiser'; choose from augment, norm"):
+        spec.with_levers({"optimiser": "adam"})
+    with pytest.raises(ValueError, match=r"recipe lever 'norm' has no choice 'group'; choose from batch, instance"):
+        spec.with_levers({"norm": "group"})
+    assert spec.with_levers({"augment": "card", "norm": "batch"}) == spec  # the card's own choices change nothing
+
+
+def test_scanner_augmentation_covers_the_scanner_profiles_in_network_units():
+    card = get_task("spleen", "tiny")
+    spec = card.with_levers({"augment": "scanner"})
+    names = [type(t).__name__ for t in augmentation(spec)]
+    for added in ("RandScaleIntensityd", "RandGaussianNoised", "RandGaussianSmoothd", "RandAdjustContrastd"):
+        assert added in names and added not in [type(t).__name__ for t in augmentation(card)]
+    width = card.intensity.a_max - card.intensity.a_min  # the CT window in HU
+    assert spec.augment.shift_offset * width == pytest.approx(40.0)  # the profiles' +-40 HU offset
+    assert spec.augment.noise_std * width == pytest.approx(30.0)  # and their noise of up to 30 HU
+    assert spec.levers == (("augment", "scanner"),)
+
+
+def test_instance_norm_changes_the_network_on_both_sides_of_a_job(tmp_path):
+    spec = get_task("spleen", "tiny", levers={"norm": "instance"})
+    net = build_network(spec)
+    assert not any("running_mean" in k for k in net.state_dict())
+    server = TaskNetwork("spleen", "tiny", norm="instance")
+    assert list(server.state_dict()) == list(net.state_dict())
+    job = JobSpec("spleen", recipe=(("norm", "instance"), ("augment", "scanner")))
+    assert job.name == "spleen_fedavg_augment-scanner_norm-instance"
+    d = export_job(job, tmp_path)
+    server_cfg = json.loads((d / "app/config/config_fed_server.json").read_text())
+    persistor = next(c for c in server_cfg["components"] if c["id"] == "persistor")
+    assert persistor["args"]["model"]["args"] == {"task": "spleen", "variant": "tiny", "norm": "instance"}
+    client = (d / "app/config/config_fed_client.json").read_text()
+    assert "--recipe augment=scanner --recipe norm=instance" in client
+    with pytest.raises(ValueError, match="unknown recipe lever"):
+        JobSpec("spleen", recipe=(("colour", "red"),))
+
+
+def test_a_model_file_records_its_levers(tmp_path):
+    from fedseg.checkpoint import load_model, save_model
+
+    spec = get_task("spleen", "tiny", levers={"norm": "instance"})
+    path = save_model(tmp_path / "m.pt", build_network(spec).state_dict(), spec)
+    assert torch.load(path, weights_only=True)["recipe"] == [["norm", "instance"]]
+    load_model(path, spec)
+    with pytest.raises(Exception, match="m.pt"):  # the card's batch-norm network does not take it
+        load_model(path, get_task("spleen", "tiny"))
