@@ -55,3 +55,32 @@ def test_input_the_task_cannot_use_is_refused(predictor, tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), str(two_d))
     with pytest.raises(DataError, match="slice.nii.gz: image has shape \\(8, 8\\); task 'spleen' needs 3D"):
         predictor.segment(two_d, tmp_path / "out.nii.gz")
+
+
+def _agreement(a, b):
+    return float((a == b).mean())
+
+
+def test_body_crop_gives_the_uncropped_mask_on_the_input_grid(predictor, trained_spleen, real_ct):
+    """Cropping air away before preprocessing changes the mask by at most a few boundary voxels."""
+    _, data, model_path = trained_spleen
+    whole = Predictor(get_task("spleen", "tiny"), model_path, Runtime.create("cpu", num_threads=2), body_crop=False)
+    cases = [real_ct] + [c.image for c in data.datalist.cases("validation") + data.datalist.cases("test")]
+    cropped_some = False
+    for path in cases:
+        image = predictor.loader(str(path))
+        box = predictor.body_box(image)
+        assert box is not None
+        cropped_some |= any(s.stop - s.start < n for s, n in zip(box, image.shape[1:]))
+        fast, slow = predictor.mask(path), whole.mask(path)
+        assert fast.shape == slow.shape == tuple(nib.load(str(path)).shape[:3])
+        print(f"{path.name}: box {[(s.start, s.stop) for s in box]} of {tuple(image.shape[1:])}; voxel agreement "
+              f"{_agreement(fast, slow):.6f}, Dice of the two masks {_dice(fast > 0, slow > 0):.4f}")
+        assert _agreement(fast, slow) >= AGREEMENT, path.name
+        if slow.any():
+            assert _dice(fast > 0, slow > 0) >= MASK_DICE, path.name
+    assert cropped_some  # the crop really removed air somewhere, so the comparison means something
+
+
+AGREEMENT = 0.999  # share of voxels with the same class, cropped vs uncropped path (measured: see README)
+MASK_DICE = 0.98

@@ -1,9 +1,12 @@
 """``fedseg infer``: segment a volume and write the mask on the input's own grid.
 
-The image goes through the task's evaluation preprocessing (RAS, training spacing, intensity,
-foreground crop); class probabilities from sliding-window inference are resampled back onto the
-input's voxel grid through the affines (so any input orientation works), and the argmax is
-written as a uint8 mask with the input's affine.
+The input's voxels are read once. Air never holds an organ, so the image is first cropped, on its
+own grid, to the box of voxels above the task's foreground-crop threshold (CT: the window's floor,
+-57 HU for spleen; MONAI's ``CropForeground``) plus a margin; only that region goes through the
+task's evaluation preprocessing (RAS, training spacing, intensity, foreground crop) and the batched
+sliding windows. Class probabilities are resampled back onto the cropped region of the input grid
+(through the affines, so any orientation works), their argmax fills that region of a uint8 mask
+that is background elsewhere, and the mask is written with the input's affine.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import torch
 from monai.data import MetaTensor
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
-from monai.transforms import LoadImage, ResampleToMatch
+from monai.transforms import Compose, CropForeground, LoadImage, ResampleToMatch, SpatialCrop
 
 from fedseg.checkpoint import load_model
-from fedseg.data.checks import check_image_file
+from fedseg.data.checks import check_image_file, crop_threshold
 from fedseg.engine import Runtime, SegmentationEngine
 from fedseg.errors import FedsegError
 from fedseg.progress import Progress
@@ -145,27 +148,49 @@ def check_input(path: Path, spec: TaskSpec) -> None:
     check_image_file(Path(path), spec).raise_if_fatal(f"cannot segment {path} with task {spec.name!r}", "inference")
 
 
-class Predictor:
-    """A task's model ready to segment files; reuse it for many volumes."""
+# Input voxels kept around the body box: the resampling to the training grid interpolates from
+# neighbours, so the box's own edge voxels get the same values as in the uncropped volume.
+BODY_MARGIN = 2
 
-    def __init__(self, spec: TaskSpec, model_path: Path, runtime: Runtime | None = None):
+
+class Predictor:
+    """A task's model ready to segment files; reuse it for many volumes.
+
+    ``body_crop=False`` runs the whole input grid through preprocessing and resampling (the path
+    the crop is checked against: tests/test_infer.py).
+    """
+
+    def __init__(self, spec: TaskSpec, model_path: Path, runtime: Runtime | None = None, *, body_crop: bool = True):
         self.spec = spec
         self.engine = SegmentationEngine(spec, runtime or Runtime.create("auto"))
         self.engine.set_weights(load_model(model_path, spec))
         self.preprocess = eval_transforms(spec, with_label=False, track_meta=True)
+        # The same chain without its LoadImaged: it runs on the image loaded once by ``self.loader``.
+        self.after_load = Compose(self.preprocess.transforms[1:])
         self.loader = LoadImage(image_only=True, ensure_channel_first=True)
+        threshold = crop_threshold(spec)
+        self.body = None
+        if body_crop and threshold is not None:
+            self.body = CropForeground(select_fn=lambda x: x > threshold, margin=BODY_MARGIN, allow_smaller=True)
 
-    def probabilities(self, image_path: Path) -> torch.Tensor:
-        """Class probabilities on the input's own voxel grid, shape (classes, *input spatial shape)."""
-        item = self.preprocess({IMAGE: str(image_path)})
-        net_image = item[IMAGE]
+    def body_box(self, image: MetaTensor) -> tuple[slice, ...] | None:
+        """The input-grid box the network has to see (``None``: no crop, the whole grid)."""
+        if self.body is None:
+            return None
+        start, end = self.body.compute_bounding_box(image)
+        if np.any(end <= start):  # nothing above the threshold: let the chain handle (and refuse) it
+            return None
+        return tuple(slice(int(a), int(b)) for a, b in zip(start, end))
+
+    def region_probabilities(self, image: MetaTensor) -> torch.Tensor:
+        """Class probabilities on ``image``'s own voxel grid, shape (classes, *spatial)."""
+        net_image = self.after_load({IMAGE: image})[IMAGE]
         with window_progress(self.engine.network, tuple(net_image.shape[1:]), self.spec,
-                             f"segment {Path(image_path).name}"):
+                             f"segment {Path(image.meta.get('filename_or_obj', 'image')).name}"):
             logits = self.engine.predict_logits(net_image)
         probs = torch.softmax(logits, dim=0).cpu()
         probs = MetaTensor(probs, meta=dict(net_image.meta))  # carries the preprocessed grid's affine
-        original = self.loader(str(image_path))
-        back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=original)
+        back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=image)
         # Voxels outside the foreground crop received no prediction: they are background.
         outside = back.sum(0, keepdim=True) < 1e-3
         back[0:1][outside] = 1.0
@@ -175,8 +200,14 @@ class Predictor:
         """The uint8 class-index mask on the input's own voxel grid (``check=False``: the caller checked it)."""
         if check:
             check_input(image_path, self.spec)
+        image = self.loader(str(image_path))
+        box = self.body_box(image)
+        mask = np.zeros(tuple(image.shape[1:]), dtype=np.uint8)
+        region = image if box is None else SpatialCrop(roi_slices=box)(image)
         # torch.max(...).indices equals argmax and is 10-50x faster on CPU (bench/inference.py).
-        return torch.max(self.probabilities(image_path), 0).indices.numpy().astype(np.uint8)
+        labels = torch.max(self.region_probabilities(region), 0).indices.numpy().astype(np.uint8)
+        mask[box or ...] = labels
+        return mask
 
     def segment(self, image_path: Path, out_path: Path, *, check: bool = True) -> Path:
         """Segment one NIfTI file and write the mask to ``out_path``; returns ``out_path``."""
