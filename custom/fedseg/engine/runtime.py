@@ -109,7 +109,7 @@ def auto_precision(device: torch.device) -> str:
     AVX-512 BF16, fp32 on other CPUs; ``$FEDSEG_AUTO_PRECISION`` replaces the choice.
 
     bf16 on such a CPU: a full-size spleen training step 2-3x faster and sliding-window inference
-    about 2x (bench/profile.py), with validation Dice within 0.005 of fp32 and the same Dice after
+    about 2x (bench/profiling.py), with validation Dice within 0.005 of fp32 and the same Dice after
     training (tests/test_precision.py, bench/README.md). Without the hardware torch emulates bf16:
     evaluation measured 17x slower than fp32 on an AVX2-only CPU, so those CPUs keep fp32.
     """

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/profile.py [--what train infer] [--variant full] [--threads 2] [--steps 3]
+    python bench/profiling.py [--what train infer] [--variant full] [--threads 2] [--steps 3]
                             [--configs fp32 fp32+cl bf16 bf16+cl] [--ops]
 
 ``train``: the card's spleen step (batch 2 x 4 crops of 96^3) through the engine's own model,
@@ -136,7 +136,7 @@ def profile_train(args) -> dict:
 def _peak_rss_alone(args, name: str) -> float:
     """Peak RSS (GB) of a process that caches the data and takes 2 steps in one configuration."""
     code = (f"import sys, resource; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-            f"from bench.profile import _engine, _train_items, train_steps, CONFIGS; from pathlib import Path; "
+            f"from bench.profiling import _engine, _train_items, train_steps, CONFIGS; from pathlib import Path; "
             f"p, cl = CONFIGS[{name!r}]; e = _engine({args.variant!r}, p, cl, {args.threads}); "
             f"train_steps(e, e.train_data(_train_items(Path({args.work!r}), {args.cases})), 2); "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
@@ -149,7 +149,6 @@ def _peak_rss_alone(args, name: str) -> float:
 def infer_phases(predictor, image_path: Path, out: Path, meter: Meter) -> None:
     """``Predictor.segment`` step by step (the calls it makes), with the input check the CLI runs first."""
     import numpy as np
-    from monai.transforms import SpatialCrop
 
     from fedseg.infer import check_input, save_mask_like
 
@@ -158,21 +157,22 @@ def infer_phases(predictor, image_path: Path, out: Path, meter: Meter) -> None:
     meter.lap("check input")
     image = predictor.loader(str(image_path))
     meter.lap("read")
-    box = predictor.body_box(image)
-    region = image if box is None else SpatialCrop(roi_slices=box)(image)
-    meter.lap("body crop")
-    net_image = predictor.after_load({"image": region})["image"]
-    meter.lap("preprocess")
+    oriented = predictor.orient({"image": image})["image"]
+    grid, shape = predictor.resampling_grid(oriented)
+    meter.lap("orient + body box")
+    sp = predictor.spacing
+    region = sp.spacing_transform.sp_resample(oriented, dst_affine=grid, spatial_size=shape, mode=sp.mode[0],
+                                              padding_mode=sp.padding_mode[0], align_corners=sp.align_corners[0],
+                                              dtype=sp.dtype[0])
+    meter.lap("resample to training grid")
+    net_image = predictor.rest({"image": region})["image"]
+    meter.lap("intensity + crop")
     logits = predictor.engine.predict_logits(net_image)
     meter.lap("sliding windows")
-    from monai.data import MetaTensor
-    from monai.transforms import ResampleToMatch
-
-    probs = MetaTensor(torch.softmax(logits, dim=0).cpu(), meta=dict(net_image.meta))
-    back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=region)
+    probs, box = predictor.back_to_input(logits, net_image, image)
     meter.lap("softmax + resample back")
     mask = np.zeros(tuple(image.shape[1:]), dtype=np.uint8)
-    mask[box or ...] = torch.max(back.as_tensor(), 0).indices.numpy().astype(np.uint8)
+    mask[box] = torch.max(probs, 0).indices.numpy().astype(np.uint8)
     meter.lap("argmax + restore")
     save_mask_like(image_path, mask, out)
     meter.lap("write mask")
@@ -218,7 +218,7 @@ def _print(title: str, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python bench/profile.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python bench/profiling.py", description=__doc__.splitlines()[0])
     p.add_argument("--what", nargs="+", choices=("train", "infer"), default=["train", "infer"])
     p.add_argument("--variant", default="full", choices=("full", "tiny"))
     p.add_argument("--threads", type=int, default=2)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.work = str(Path(a.work).resolve())
     torch.set_num_threads(a.threads)
-    report = {"command": " ".join(["python bench/profile.py", *(argv if argv is not None else sys.argv[1:])])}
+    report = {"command": " ".join(["python bench/profiling.py", *(argv if argv is not None else sys.argv[1:])])}
     if "train" in a.what:
         report["train"] = profile_train(a)
         _print(f"training step, spleen {a.variant}, {a.threads} threads, per step (mean of {a.steps})", report["train"])
