@@ -50,7 +50,7 @@ def settings_for(mode: str) -> Settings:
     threads = max(1, min(os.cpu_count() or 1, 8))
     if mode == "quick":
         return Settings(mode, "tiny", "cpu", threads, cases=16, train_epochs=4, warmup_epochs=1, tutorial_workers=4,
-                        infer_volumes=10, infer_repeats=2, infer_train_iterations=150, fl_rounds=(1, 4), fl_cases=12,
+                        infer_volumes=10, infer_repeats=1, infer_train_iterations=150, fl_rounds=(1, 4), fl_cases=12,
                         scale_sites=(2, 4), scale_cases_per_site=6, agg_ks=(1, 2, 4, 8, 16, 32), agg_variant="full",
                         quality_sites=2, quality_cases_per_site=6, quality_rounds=2, quality_local_epochs=1,
                         default_sections=("throughput", "inference", "aggregation", "fl_overhead"),
