@@ -3,15 +3,17 @@
 Usage::
 
     python bench/profiling.py [--what train infer] [--variant full] [--threads 2] [--steps 3]
-                            [--configs fp32 fp32+cl bf16 bf16+cl] [--ops]
+                            [--configs before fp32 fp32+cl bf16 bf16+cl] [--ops] [--out FILE]
 
 ``train``: the card's spleen step (batch 2 x 4 crops of 96^3) through the engine's own model,
 loss, optimizer and cached phantom loader, split into data, forward + loss, backward and
 optimizer; for each phase the wall time, minor page faults and the kernel (sys) and user CPU
 time, from ``getrusage``; peak RSS per configuration is measured in a child process of its own
-(``ru_maxrss`` only grows). ``infer``: ``Predictor.mask`` on the real CT split into its steps, with
-the body crop off (the old path) and on. Configurations alternate inside one process, so load
-from other jobs hits them alike. ``--ops`` adds torch.profiler's top operators of one step.
+(``ru_maxrss`` only grows). ``infer``: ``Predictor.mask`` on the real CT split into its steps
+(the "before" configuration without the body crop, as ``fedseg infer`` ran before). The
+configuration ``before`` is the engine as it was: fp32, contiguous, and deterministic mode's NaN
+fill of every new tensor. Configurations alternate inside one process, so load from other jobs
+hits them alike. ``--ops`` adds torch.profiler's top operators of one step.
 Results go to stdout and, with ``--out``, to a JSON file.
 """
 
@@ -32,7 +34,10 @@ if __package__ in (None, ""):
 import torch
 
 REAL_CT = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "ct.nii.gz"
-CONFIGS = {"fp32": ("fp32", False), "fp32+cl": ("fp32", True), "bf16": ("bf16", False), "bf16+cl": ("bf16", True)}
+# name: (precision, channels-last, deterministic mode's NaN fill of new tensors). "before" is the engine as it
+# was before these fixes: fp32, contiguous, with the fill.
+CONFIGS = {"before": ("fp32", False, True), "fp32": ("fp32", False, False), "fp32+cl": ("fp32", True, False),
+           "bf16": ("bf16", False, False), "bf16+cl": ("bf16", True, False)}
 
 
 class Meter:
@@ -62,6 +67,12 @@ class Meter:
                for name, (w, f, u, s) in self.phases.items()}
         out["total"] = {k: sum(v[k] for v in out.values()) for k in ("wall_s", "minor_faults_m", "user_s", "sys_s")}
         return out
+
+
+def _fill(on: bool) -> None:
+    import torch.utils.deterministic
+
+    torch.utils.deterministic.fill_uninitialized_memory = on
 
 
 def _engine(variant: str, precision: str, channels_last: bool, threads: int):
@@ -112,13 +123,15 @@ def profile_train(args) -> dict:
     items = _train_items(Path(args.work), args.cases)
     engines = {}
     for name in args.configs:
-        precision, cl = CONFIGS[name]
+        precision, cl, fill = CONFIGS[name]
         engine = _engine(args.variant, precision, cl, args.threads)
         engines[name] = (engine, engine.train_data(items))
+        _fill(fill)
         train_steps(*engines[name], 1)  # warm-up: first-touch of the allocator, oneDNN kernel choice
     meters = {name: Meter() for name in args.configs}
     for _ in range(args.steps):  # alternate, one step each, so that others' load hits every config alike
         for name in args.configs:
+            _fill(CONFIGS[name][2])
             train_steps(*engines[name], 1, meters[name])
     out = {name: meters[name].per(args.steps) for name in args.configs}
     for name in args.configs:
@@ -127,6 +140,7 @@ def profile_train(args) -> dict:
         from torch.profiler import ProfilerActivity, profile
 
         for name in args.configs:
+            _fill(CONFIGS[name][2])
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 train_steps(*engines[name], 1)
             out[name]["top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
@@ -136,8 +150,8 @@ def profile_train(args) -> dict:
 def _peak_rss_alone(args, name: str) -> float:
     """Peak RSS (GB) of a process that caches the data and takes 2 steps in one configuration."""
     code = (f"import sys, resource; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-            f"from bench.profiling import _engine, _train_items, train_steps, CONFIGS; from pathlib import Path; "
-            f"p, cl = CONFIGS[{name!r}]; e = _engine({args.variant!r}, p, cl, {args.threads}); "
+            f"from bench.profiling import _engine, _fill, _train_items, train_steps, CONFIGS; from pathlib import Path; "
+            f"p, cl, fill = CONFIGS[{name!r}]; e = _engine({args.variant!r}, p, cl, {args.threads}); _fill(fill); "
             f"train_steps(e, e.train_data(_train_items(Path({args.work!r}), {args.cases})), 2); "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
@@ -187,18 +201,21 @@ def profile_infer(args) -> dict:
     image = Path(args.image)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        predictors = {}
+        predictors, fills = {}, {}
         for name in args.configs:
-            precision, cl = CONFIGS[name]
+            precision, cl, fill = CONFIGS[name]
             engine = _engine(args.variant, precision, cl, args.threads)
             model = save_model(Path(tmp) / "model.pt", engine.get_weights(), engine.spec)
-            for crop in (False, True):
-                key = f"{name}, body crop {'on' if crop else 'off'}"
-                predictors[key] = Predictor(engine.spec, model, engine.runtime, body_crop=crop)
-                infer_phases(predictors[key], image, Path(tmp) / "mask.nii.gz", Meter())  # warm-up
+            # "before" is the old path: whole volume both ways; the others use the body crop.
+            key = f"{name}, body crop {'off' if name == 'before' else 'on'}"
+            predictors[key] = Predictor(engine.spec, model, engine.runtime, body_crop=name != "before")
+            fills[key] = fill
+            _fill(fill)
+            infer_phases(predictors[key], image, Path(tmp) / "mask.nii.gz", Meter())  # warm-up
         meters = {key: Meter() for key in predictors}
         for _ in range(args.steps):
             for key, predictor in predictors.items():
+                _fill(fills[key])
                 infer_phases(predictor, image, Path(tmp) / "mask.nii.gz", meters[key])
         for key in predictors:
             out[key] = meters[key].per(args.steps)
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="full", choices=("full", "tiny"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=3, help="timed steps (inferences) per configuration")
-    p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=["before", "fp32+cl", "bf16+cl"])
     p.add_argument("--cases", type=int, default=10, help="phantoms synthesized for the training loader")
     p.add_argument("--work", default="runs/bench_work")
     p.add_argument("--image", default=str(REAL_CT), help="the volume to segment (default: the real CT)")
