@@ -36,11 +36,13 @@ test-repeat: $(STAMP)
 jobs: $(STAMP)
 	$(FEDSEG) jobs export --out jobs
 
-## bench: the benchmark suite, quick mode (tiny spleen on CPU, a few minutes); table on stdout, JSON in runs/bench.json
+## bench: quick mode (tiny spleen on CPU): training vs MONAI's tutorial loop, inference vs plain MONAI, aggregation,
+## NVFlare's per-round cost; table and acceptance goals on stdout, JSON (with the CPU flags) in runs/bench.json
 bench: $(STAMP)
 	$(PY) -m bench --quick --out runs/bench.json
 
-## bench-full: the same comparisons at the card's size (96^3 patches, CUDA and AMP when available), for a GPU machine
+## bench-full: for a GPU (under 10 minutes): throughput, time to a phantom Dice bar with MONAI's fast-training levers
+## (cache and crops on the device, ThreadDataLoader, AMP) and inference, at the card's size
 bench-full: $(STAMP)
 	$(PY) -m bench --full --out runs/bench_full.json
 

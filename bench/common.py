@@ -19,11 +19,12 @@ class Settings:
     variant: str  # task variant: tiny (CPU) or full (the card's 96^3 recipe)
     device: str
     threads: int
-    cases: int  # phantoms synthesized for the single-site comparisons
-    train_iterations: int  # timed iterations per loop in the throughput comparison
-    warmup_iterations: int
-    repeats: int  # alternate engine/reference this many times; the best of each counts
+    cases: int  # phantoms synthesized for the single-site comparisons (60/20/20 training/validation/test)
+    train_epochs: int  # timed epochs per loop in the throughput comparison (they alternate)
+    warmup_epochs: int
+    tutorial_workers: int  # the tutorial's CacheDataset/DataLoader workers (4 in the tutorial)
     infer_volumes: int
+    infer_repeats: int  # inference runs per way (they alternate; the fastest counts)
     infer_train_iterations: int  # iterations trained before the inference comparison
     fl_rounds: tuple[int, ...]  # FL overhead: rounds of the two simulator runs (start-up and per-round cost)
     fl_cases: int
@@ -35,6 +36,9 @@ class Settings:
     quality_cases_per_site: int
     quality_rounds: int
     quality_local_epochs: int
+    ttd_bar: float = 0.8  # time to Dice: validation Dice bar, evaluation interval and time budget
+    ttd_eval_every: int = 50
+    ttd_budget_s: float = 300.0
     default_sections: tuple[str, ...] = ("throughput", "inference", "aggregation", "fl_overhead", "scale", "quality")
     notes: tuple[str, ...] = ()
 
@@ -45,24 +49,29 @@ class Settings:
 def settings_for(mode: str) -> Settings:
     threads = max(1, min(os.cpu_count() or 1, 8))
     if mode == "quick":
-        return Settings(mode, "tiny", "cpu", threads, cases=10, train_iterations=16, warmup_iterations=2, repeats=3,
-                        infer_volumes=3, infer_train_iterations=150, fl_rounds=(1, 3), fl_cases=12,
+        return Settings(mode, "tiny", "cpu", threads, cases=16, train_epochs=4, warmup_epochs=1, tutorial_workers=4,
+                        infer_volumes=10, infer_repeats=1, infer_train_iterations=150, fl_rounds=(1, 4), fl_cases=12,
                         scale_sites=(2, 4), scale_cases_per_site=6, agg_ks=(1, 2, 4, 8, 16, 32), agg_variant="full",
                         quality_sites=2, quality_cases_per_site=6, quality_rounds=2, quality_local_epochs=1,
-                        notes=("8 simulated sites are left out of the scale comparison in quick mode (8 site "
-                               "processes on 2 cores take minutes); --full runs 2, 4 and 8",
-                               "quality: 2 epochs only, a check that the pipeline runs; its Dice means "
-                               "nothing yet (--full trains 20 rounds x 5 epochs)"))
+                        default_sections=("throughput", "inference", "aggregation", "fl_overhead"),
+                        notes=("quick mode leaves out the scale and quality comparisons (about 2 more minutes; "
+                               "--only scale quality runs them: scale with 2 and 4 sites, quality for 2 epochs, "
+                               "a check that its pipeline runs)",))
     if mode == "full":
-        return Settings(mode, "full", "auto", threads, cases=20, train_iterations=100, warmup_iterations=5, repeats=2,
-                        infer_volumes=6, infer_train_iterations=300, fl_rounds=(1, 5), fl_cases=12,
+        return Settings(mode, "full", "auto", threads, cases=20, train_epochs=4, warmup_epochs=1, tutorial_workers=4,
+                        infer_volumes=10, infer_train_iterations=300, fl_rounds=(1, 5), fl_cases=12,
                         scale_sites=(2, 4, 8), scale_cases_per_site=6, agg_ks=(1, 2, 4, 8, 16, 32), agg_variant="full",
-                        quality_sites=3, quality_cases_per_site=10, quality_rounds=20, quality_local_epochs=5)
+                        quality_sites=3, quality_cases_per_site=10, quality_rounds=20, quality_local_epochs=5,
+                        infer_repeats=1, ttd_bar=0.8, ttd_eval_every=50, ttd_budget_s=240.0,
+                        # Under 10 minutes on one large GPU: the comparisons that a GPU changes. The
+                        # FL, scale and quality comparisons run on CPUs (--only adds them).
+                        default_sections=("throughput", "time_to_dice", "inference"))
     if mode == "test":  # the unit test: the machinery on the smallest sizes
-        return Settings(mode, "tiny", "cpu", 2, cases=5, train_iterations=2, warmup_iterations=1, repeats=1,
-                        infer_volumes=1, infer_train_iterations=2, fl_rounds=(1, 2), fl_cases=9,
+        return Settings(mode, "tiny", "cpu", 2, cases=5, train_epochs=1, warmup_epochs=1, tutorial_workers=1,
+                        infer_volumes=2, infer_repeats=1, infer_train_iterations=2, fl_rounds=(1, 2), fl_cases=9,
                         scale_sites=(2,), scale_cases_per_site=3, agg_ks=(1, 2), agg_variant="tiny",
-                        quality_sites=2, quality_cases_per_site=3, quality_rounds=1, quality_local_epochs=1)
+                        quality_sites=2, quality_cases_per_site=3, quality_rounds=1, quality_local_epochs=1,
+                        ttd_bar=0.01, ttd_eval_every=1, ttd_budget_s=0.0)
     raise ValueError(f"unknown mode {mode!r}")
 
 
@@ -74,7 +83,6 @@ def machine_info(device: str = "cpu") -> dict:
 
     info = {
         "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "monai": monai.__version__,
@@ -83,6 +91,7 @@ def machine_info(device: str = "cpu") -> dict:
         "cuda_available": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
+        **cpu_features(),
     }
     try:
         import psutil
@@ -92,6 +101,32 @@ def machine_info(device: str = "cpu") -> dict:
     except (ImportError, OSError):
         pass
     return info
+
+
+# /proc/cpuinfo flags that decide which kernels torch can use (vector width, bf16 and int8 hardware).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> dict:
+    """The CPU's model and speed-relevant flags, torch's view of them, and what ``precision: auto`` picks."""
+    from fedseg.engine.runtime import cpu_has_native_bf16, resolve_precision
+
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: torch's probes below still say what it uses
+        pass
+    return {"cpu_model": model, "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_has_native_bf16(), "auto_precision_cpu": resolve_precision("auto", torch.device("cpu"))}
 
 
 def resolve_device(device: str) -> str:

@@ -26,9 +26,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `import bench` work from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Settings, machine_info, markdown_table, resolve_device, settings_for, single_site_items
+from bench.common import SPEED_FLAGS, Settings, machine_info, markdown_table, resolve_device, settings_for, single_site_items
 
-NAMES = ("throughput", "inference", "aggregation", "fl_overhead", "scale", "quality")
+NAMES = ("throughput", "time_to_dice", "inference", "aggregation", "fl_overhead", "scale", "quality")
 HEAD = ["comparison", "result", "detail", "ratio / note"]
 
 
@@ -40,14 +40,17 @@ def _set_threads(settings: Settings) -> None:
 
 def run_section(name: str, settings: Settings, work: Path, state: dict) -> tuple[dict, list[list]]:
     """Run one comparison; return its JSON body and its table rows."""
-    from bench import aggregation, fl_overhead, inference, quality, scale, throughput
+    from bench import aggregation, fl_overhead, inference, quality, scale, throughput, time_to_dice
 
     _set_threads(settings)
-    if name in ("throughput", "inference") and "items" not in state:
+    if name in ("throughput", "time_to_dice", "inference") and "items" not in state:
         state["items"] = single_site_items(work / "single" / "spleen", settings.cases)
     if name == "throughput":
-        result = throughput.run(settings, state["items"], keep=state)
+        result = throughput.run(settings, state["items"], work, keep=state)
         return result, throughput.rows(result)
+    if name == "time_to_dice":
+        result = time_to_dice.run(settings, state["items"])
+        return result, time_to_dice.rows(result)
     if name == "inference":
         result = inference.run(settings, state["items"], work, state.get("trained"))
         return result, inference.rows(result)
@@ -89,8 +92,30 @@ def run_all(settings: Settings, names: list[str], work: Path, items: dict[str, l
         report["seconds"][name] = round(time.perf_counter() - start, 1)
         print(f"[bench] {name} done in {report['seconds'][name]:.0f} s", file=sys.stderr, flush=True)
     report["table"] = markdown_table(HEAD, rows)
+    report["acceptance"] = acceptance(report["results"])
     report["total_seconds"] = round(sum(report["seconds"].values()), 1)
     return report
+
+
+def acceptance(results: dict) -> list[dict]:
+    """The issue's three goals, from this run's figures (missing when their comparison did not run)."""
+    out = []
+    if "throughput" in results:
+        r = results["throughput"]
+        out.append({"goal": "training patches/s, fedseg train / MONAI tutorial loop", "target": ">= 1.5",
+                    "value": r["ratio_fedseg_over_tutorial"], "met": r["ratio_fedseg_over_tutorial"] >= 1.5})
+    if "inference" in results:
+        r = results["inference"]
+        met = r["ratio_fedseg_over_monai_same_settings"] >= 2.0 and r["dice_agree"]
+        out.append({"goal": f"inference volumes/s, fedseg infer / plain MONAI at equal Dice "
+                            f"(|diff| {r['dice_difference']:.4f} <= {r['dice_tolerance']})", "target": ">= 2",
+                    "value": r["ratio_fedseg_over_monai_same_settings"], "met": met})
+    if "fl_overhead" in results:
+        r = results["fl_overhead"]
+        value = r["fl_cost_per_steady_round_s"]
+        out.append({"goal": "NVFlare's cost per round, tiny 2-site job (s)", "target": "<= 1",
+                    "value": value, "met": value <= 1.0})
+    return out
 
 
 def _finite(value):
@@ -134,10 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     report = run_all(settings, names, work)
     report["work"] = str(work)
     m = report["machine"]
-    print(f"\nfedseg benchmarks, {settings.mode} mode: {m['cpu_count']} CPUs, device {m['device']}"
+    print(f"\nfedseg benchmarks, {settings.mode} mode: {m['cpu_count']} CPUs ({m['cpu_model']}; "
+          f"flags {' '.join(m['cpu_flags']) or 'none of ' + ', '.join(SPEED_FLAGS)}; torch {m['torch_cpu_capability']}, "
+          f"precision auto = {m['auto_precision_cpu']}), device {m['device']}"
           f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, torch {m['torch']}, MONAI {m['monai']}, "
           f"NVFlare {m['nvflare']}; load average at start {m.get('load_average_1min', 'n/a')}\n")
     print(report["table"])
+    if report["acceptance"]:
+        print("\n" + markdown_table(["goal", "target", "this run", "met"],
+                                     [[g["goal"], g["target"], g["value"], "yes" if g["met"] else "NO"]
+                                      for g in report["acceptance"]]))
     for note in settings.notes:
         print(f"\nnote: {note}")
     print(f"\n{report['total_seconds']:.0f} s in all; JSON in {write_report(report, Path(a.out))}")

@@ -1,25 +1,43 @@
-"""Training throughput: fedseg's engine against a loop written like MONAI's spleen tutorial.
+"""Training throughput: what ``fedseg train`` runs against the MONAI spleen tutorial's own training loop.
 
-Both train the task's UNet with DiceCE on the same cached volumes, through the same transform
-chain (``fedseg.transforms.train_transforms`` of the same spec, so crops and augmentation are
-identical), for the same number of iterations with the same torch threads. The reference is the
-tutorial's shape: ``CacheDataset`` + ``monai.data.DataLoader`` (no worker processes here, like the
-engine's default) and ``for batch in loader: zero_grad; loss.backward(); step``. It uses the
-spec's optimizer (Novograd for spleen) so that only the loop differs; AMP only on CUDA, as the
-engine does.
+fedseg's side is exactly what ``fedseg train --site-config SITE.yaml`` runs (``run_local``): the
+runtime the site's YAML asks for (``Runtime.for_site``: device, ``precision: auto``, threads,
+cache rate, loader workers), the site's data opened and checked (``open_site_data``),
+``SegmentationEngine.train_data`` and ``SegmentationEngine.train(data, epochs=..., progress=...)``.
+Only the training epochs are timed (validation, which ``fedseg train`` runs between them, is not).
 
-A third row runs the engine on a plain ``monai.data.DataLoader`` over the engine's own cached
-dataset instead of its ``ThreadDataLoader``: it separates the loader's prefetch thread from the
-rest of the engine's loop.
+The reference is written from MONAI's spleen tutorial (tutorials/3d_segmentation/spleen_segmentation_3d),
+at the tiny variant's sizes so that it runs on a CPU:
+
+* its transform chain, in its order and with metadata kept (MetaTensors all the way):
+  ``LoadImaged``, ``EnsureChannelFirstd``, ``ScaleIntensityRanged`` (the task's window),
+  ``CropForegroundd``, ``Orientationd("RAS")``, ``Spacingd`` (the variant's spacing),
+  ``RandCropByPosNegLabeld`` (pos 1, neg 1, the variant's patch and crops per volume), with one
+  addition the tiny sizes need: ``SpatialPadd`` to the patch before the crop;
+* its data settings: ``CacheDataset(cache_rate=1.0, num_workers=4)`` and
+  ``DataLoader(batch_size=2, shuffle=True, num_workers=4)``;
+* its model, loss and optimizer: MONAI's ``UNet`` with batch norm (the variant's channels),
+  ``DiceLoss(to_onehot_y=True, softmax=True)``, ``Adam(lr=1e-4)``, in fp32;
+* its loop: ``for batch in loader: zero_grad; loss = loss_fn(model(x), y); backward; step; loss.item()``.
+
+Both train on the same cached cases for the same number of epochs with the same torch threads;
+epochs alternate between the two, after a warm-up epoch each, and the fastest epoch of each
+counts. Result: patches per second. bench/README.md lists every difference that remains.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
 from bench.common import Settings, Stopwatch, TimedLoader, ratio
+
+TUTORIAL_WORKERS = 4  # the tutorial's CacheDataset and DataLoader num_workers
+TUTORIAL_BATCH = 2
+TUTORIAL_LR = 1e-4
+TRAIN_EPOCHS_DEFAULT = 100  # fedseg train --epochs
 
 
 def _sync(device: torch.device) -> None:
@@ -27,69 +45,116 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def engine_run(engine, data, iterations: int) -> dict:
-    """Time ``iterations`` steps of :meth:`SegmentationEngine.train`, with the loader wrapped to time data waits."""
-    from fedseg.engine.data import TrainData
+def tutorial_transforms(spec):
+    """The tutorial's training chain, its order and its metadata, at ``spec``'s sizes."""
+    from monai import transforms as mt
 
-    timed = TimedLoader(data.loader)
-    wrapped = TrainData(timed, data.n_cases)
-    _sync(engine.runtime.device)
-    start = time.perf_counter()
-    engine.train(wrapped, iterations=iterations)
-    _sync(engine.runtime.device)
-    wall = time.perf_counter() - start
-    return _rates(wall, timed.wait.total, timed.batches, timed.samples)
+    keys = ["image", "label"]
+    it = spec.intensity
+    return mt.Compose([
+        mt.LoadImaged(keys=keys),
+        mt.EnsureChannelFirstd(keys=keys),
+        mt.ScaleIntensityRanged(keys=["image"], a_min=it.a_min, a_max=it.a_max, b_min=0.0, b_max=1.0, clip=True),
+        mt.CropForegroundd(keys=keys, source_key="image"),
+        mt.Orientationd(keys=keys, axcodes="RAS"),
+        mt.Spacingd(keys=keys, pixdim=spec.spacing, mode=("bilinear", "nearest")),
+        # Not in the tutorial: at the tiny variant's 4 mm slices a cropped phantom can be thinner than
+        # the patch, which RandCropByPosNegLabeld refuses (fedseg pads the same way).
+        mt.SpatialPadd(keys=keys, spatial_size=spec.patch_size),
+        mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=spec.patch_size, pos=1, neg=1,
+                                  num_samples=spec.num_samples, image_key="image", image_threshold=0),
+    ])
 
 
-class ReferenceLoop:
-    """The tutorial-style loop: plain MONAI objects, nothing from fedseg but the transform chain."""
+class TutorialLoop:
+    """The tutorial's training loop: plain MONAI and torch objects, nothing from fedseg."""
 
-    def __init__(self, spec, items: list[dict], device: torch.device, seed: int = 0):
+    def __init__(self, spec, items: list[dict], device: torch.device, *, workers: int = TUTORIAL_WORKERS,
+                 seed: int = 0):
         from monai.data import CacheDataset, DataLoader
-        from monai.losses import DiceCELoss
+        from monai.losses import DiceLoss
+        from monai.networks.layers import Norm
         from monai.networks.nets import UNet
-        from monai.optimizers import Novograd
+        from monai.utils import set_determinism
 
-        from fedseg.transforms import train_transforms
-
-        torch.manual_seed(seed)
+        set_determinism(seed=seed)
         net = spec.network
-        self.model = UNet(spatial_dims=net.spatial_dims, in_channels=spec.in_channels, out_channels=spec.out_channels,
+        self.model = UNet(spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.out_channels,
                           channels=net.channels, strides=net.strides, num_res_units=net.num_res_units,
-                          norm=net.norm).to(device)
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        opt = spec.optimizer
-        self.optimizer = (Novograd(self.model.parameters(), lr=opt.lr) if opt.name == "novograd"
-                          else torch.optim.Adam(self.model.parameters(), lr=opt.lr))
-        self.amp = device.type == "cuda" and spec.amp
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+                          norm=Norm.BATCH).to(device)
+        self.loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), TUTORIAL_LR)
         self.device = device
-        dataset = CacheDataset(items, train_transforms(spec, seed), cache_rate=1.0, num_workers=1, progress=False)
-        self.loader = DataLoader(dataset, batch_size=min(spec.batch_size, len(items)), shuffle=True, num_workers=0,
-                                 generator=torch.Generator().manual_seed(seed))
+        dataset = CacheDataset(data=items, transform=tutorial_transforms(spec), cache_rate=1.0, num_workers=workers,
+                               progress=False)
+        self.loader = DataLoader(dataset, batch_size=TUTORIAL_BATCH, shuffle=True, num_workers=workers)
 
-    def run(self, iterations: int) -> dict:
+    def epoch(self) -> dict:
         self.model.train()
-        wait, step, samples = Stopwatch(), 0, 0
+        wait, steps, samples, epoch_loss = Stopwatch(), 0, 0, 0.0
         _sync(self.device)
         start = time.perf_counter()
-        while step < iterations:
-            batches = iter(self.loader)
-            while step < iterations:
-                with wait:
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                x, y = batch["image"].to(self.device), batch["label"].to(self.device)
-                self.optimizer.zero_grad()
-                with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                    loss = self.loss_fn(self.model(x), y)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                step, samples = step + 1, samples + x.shape[0]
+        batches = iter(self.loader)
+        while True:
+            with wait:
+                batch = next(batches, None)
+            if batch is None:
+                break
+            inputs, labels = batch["image"].to(self.device), batch["label"].to(self.device)
+            self.optimizer.zero_grad()
+            loss = self.loss_fn(self.model(inputs), labels)
+            loss.backward()
+            self.optimizer.step()
+            epoch_loss += loss.item()
+            steps, samples = steps + 1, samples + inputs.shape[0]
         _sync(self.device)
-        return _rates(time.perf_counter() - start, wait.total, step, samples)
+        return _rates(time.perf_counter() - start, wait.total, steps, samples)
+
+
+def fedseg_site(work: Path, items: dict[str, list[dict]], threads: int, device: str) -> Path:
+    """A site YAML over the bench's cases, with the defaults of the committed site_configs (and ``threads``)."""
+    import json
+
+    from fedseg.site_config import write_site_config
+
+    root = Path(items["training"][0]["image"]).parents[1]
+    datalist = Path(work) / "throughput_site" / "datalist.json"
+    datalist.parent.mkdir(parents=True, exist_ok=True)
+    rel = {s: [{k: str(Path(v).relative_to(root)) for k, v in it.items()} for it in items[s]] for s in items}
+    datalist.write_text(json.dumps(rel, indent=1))
+    return write_site_config(datalist.parent / "site-1.yaml", "site-1", {"spleen": (root, datalist)},
+                             device=device, precision="auto", num_threads=threads, cache_rate=1.0, num_workers=0)
+
+
+class FedsegTrain:
+    """What ``fedseg train --site-config SITE.yaml`` builds and runs, epoch by epoch."""
+
+    def __init__(self, spec, site_yaml: Path, seed: int = 0):
+        from fedseg.engine import Runtime, SegmentationEngine
+        from fedseg.engine.data import TrainData
+        from fedseg.site_config import load_site_config
+        from fedseg.site_data import open_site_data
+
+        site = load_site_config(site_yaml)
+        self.runtime = Runtime.for_site(site)
+        data = open_site_data(spec, site)
+        self.engine = SegmentationEngine(spec, self.runtime, class_names=data.class_names, seed=seed)
+        self.data = self.engine.train_data(data.items("training"))
+        self._timed = TimedLoader(self.data.loader)
+        self._wrapped = TrainData(self._timed, self.data.n_cases)
+        self.epochs_done = 0
+
+    def epoch(self, total_epochs: int) -> dict:
+        timed = self._timed
+        timed.wait.total, timed.batches, timed.samples = 0.0, 0, 0
+        e = self.epochs_done
+        _sync(self.runtime.device)
+        start = time.perf_counter()
+        self.engine.train(self._wrapped, epochs=1, progress=(e / total_epochs, (e + 1) / total_epochs),
+                          label=f"epoch {e + 1}/{total_epochs}")
+        _sync(self.runtime.device)
+        self.epochs_done += 1
+        return _rates(time.perf_counter() - start, timed.wait.total, timed.batches, timed.samples)
 
 
 def _rates(wall: float, wait: float, iterations: int, samples: int) -> dict:
@@ -97,65 +162,63 @@ def _rates(wall: float, wait: float, iterations: int, samples: int) -> dict:
             "data_wait_fraction": wait / wall, "seconds_per_iteration": wall / max(iterations, 1)}
 
 
-def run(settings: Settings, items: dict[str, list[dict]], keep: dict | None = None) -> dict:
-    """Alternate engine and reference ``settings.repeats`` times; the fastest run of each counts.
+def run(settings: Settings, items: dict[str, list[dict]], work: Path, keep: dict | None = None) -> dict:
+    """Alternate fedseg's and the tutorial's epochs ``settings.train_epochs`` times; the fastest epoch of each counts.
 
-    ``keep`` receives the trained engine, its loader and its iteration count (the inference
-    comparison goes on training that model instead of starting another).
+    ``keep["trained"]`` receives fedseg's engine, its loader and the iterations trained (the
+    inference comparison goes on training that model instead of starting another).
     """
-    from monai.data import DataLoader
-
-    from fedseg.engine import Runtime, SegmentationEngine
-    from fedseg.engine.data import TrainData
     from fedseg.tasks import get_task
 
     from bench.common import resolve_device
 
     spec = get_task("spleen", settings.variant)
-    runtime = Runtime.create(resolve_device(settings.device), num_threads=settings.threads)
-    train_items = items["training"]
+    device = resolve_device(settings.device)
     t0 = time.perf_counter()
-    engine = SegmentationEngine(spec, runtime, seed=0)
-    data = engine.train_data(train_items)
-    engine_setup = time.perf_counter() - t0
+    ours = FedsegTrain(spec, fedseg_site(work, items, settings.threads, device))
+    setup_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    reference = ReferenceLoop(spec, train_items, runtime.device, seed=0)
-    reference_setup = time.perf_counter() - t0
-    plain = TrainData(DataLoader(data.loader.dataset, batch_size=min(spec.batch_size, len(train_items)), shuffle=True,
-                                 num_workers=0, generator=torch.Generator().manual_seed(1)), data.n_cases)
-    # Warm-up outside the timing: first passes pay for allocator growth and (on CUDA) cuDNN autotuning.
-    engine.train(data, iterations=settings.warmup_iterations)
-    reference.run(settings.warmup_iterations)
-    runs: dict[str, list[dict]] = {"fedseg": [], "reference": [], "fedseg_plain_loader": []}
-    for _ in range(settings.repeats):
-        runs["fedseg"].append(engine_run(engine, data, settings.train_iterations))
-        runs["reference"].append(reference.run(settings.train_iterations))
-        runs["fedseg_plain_loader"].append(engine_run(engine, plain, settings.train_iterations))
+    tutorial = TutorialLoop(spec, items["training"], ours.runtime.device, workers=settings.tutorial_workers)
+    setup_tutorial = time.perf_counter() - t0
+    # The learning rate follows fedseg train's cosine schedule over its default 100 epochs, as in the first
+    # epochs of a real run (the inference comparison goes on training this model).
+    total = TRAIN_EPOCHS_DEFAULT
+    for _ in range(settings.warmup_epochs):  # allocator growth, oneDNN kernel choice, worker start-up
+        ours.epoch(total)
+        tutorial.epoch()
+    runs: dict[str, list[dict]] = {"fedseg": [], "tutorial": []}
+    for _ in range(settings.train_epochs):
+        runs["fedseg"].append(ours.epoch(total))
+        runs["tutorial"].append(tutorial.epoch())
     best = {k: max(v, key=lambda r: r["samples_per_s"]) for k, v in runs.items()}
     if keep is not None:
-        keep["trained"] = (engine, data, settings.warmup_iterations + 2 * settings.repeats * settings.train_iterations)
+        keep["trained"] = (ours.engine, ours.data, sum(r["iterations"] for r in runs["fedseg"]) +
+                           settings.warmup_epochs * ours.data.batches_per_epoch)
+    rt = ours.runtime
     return {
         "task": f"spleen/{spec.variant_name}", "patch_size": list(spec.patch_size),
-        "patches_per_iteration": spec.batch_size * spec.num_samples, "training_cases": len(train_items),
-        "device": str(runtime.device), "amp": runtime.amp, "threads": settings.threads,
-        "setup_s": {"fedseg": engine_setup, "reference": reference_setup},
-        "fedseg": best["fedseg"], "reference": best["reference"], "fedseg_plain_loader": best["fedseg_plain_loader"],
-        "runs": runs,
-        "ratio_fedseg_over_reference": ratio(best["fedseg"]["samples_per_s"], best["reference"]["samples_per_s"]),
-        "ratio_fedseg_plain_loader_over_reference": ratio(best["fedseg_plain_loader"]["samples_per_s"],
-                                                          best["reference"]["samples_per_s"]),
+        "patches_per_iteration": spec.batch_size * spec.num_samples, "training_cases": len(items["training"]),
+        "device": str(rt.device), "threads": settings.threads,
+        "fedseg_runtime": {"precision": rt.precision, "memory_format": str(rt.memory_format(spec.spatial_dims)),
+                           "loader_workers": rt.num_workers},
+        "tutorial_runtime": {"precision": "fp32", "memory_format": "torch.contiguous_format",
+                             "loader_workers": settings.tutorial_workers},
+        "setup_s": {"fedseg": setup_ours, "tutorial": setup_tutorial},
+        "fedseg": best["fedseg"], "tutorial": best["tutorial"], "runs": runs,
+        "ratio_fedseg_over_tutorial": ratio(best["fedseg"]["samples_per_s"], best["tutorial"]["samples_per_s"]),
+        "goal_ratio": 1.5,
     }
 
 
 def rows(result: dict) -> list[list]:
     out = []
-    names = {"fedseg": "fedseg engine", "reference": "MONAI tutorial loop",
-             "fedseg_plain_loader": "fedseg engine, plain DataLoader"}
-    ratios = {"fedseg": result["ratio_fedseg_over_reference"],
-              "fedseg_plain_loader": result["ratio_fedseg_plain_loader_over_reference"]}
+    rt = result["fedseg_runtime"]
+    names = {"fedseg": f"fedseg train ({rt['precision']}, {rt['memory_format'].split('.')[-1]})",
+             "tutorial": f"MONAI tutorial loop (fp32, {result['tutorial_runtime']['loader_workers']} workers)"}
     for key, name in names.items():
         r = result[key]
+        note = (f"{result['ratio_fedseg_over_tutorial']:.3g}x (goal >= {result['goal_ratio']})"
+                if key == "fedseg" else "")
         out.append([f"train throughput: {name}", f"{r['samples_per_s']:.3g} patches/s",
-                    f"{r['seconds_per_iteration']:.3g} s/it, data wait {100 * r['data_wait_fraction']:.1f}%",
-                    f"{ratios[key]:.3g}" if key in ratios else ""])
+                    f"{r['seconds_per_iteration']:.3g} s/it, data wait {100 * r['data_wait_fraction']:.1f}%", note])
     return out

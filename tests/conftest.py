@@ -21,6 +21,10 @@ REAL = REPO / "tests" / "data" / "real"
 
 # CPU results depend on the thread count (reductions split differently): fixed, so runs repeat.
 torch.set_num_threads(2)
+# `precision: auto` is bf16 on CPUs with AMX / AVX-512 BF16 and fp32 elsewhere; the suite's bars were
+# measured in fp32, so it pins fp32 on every machine (subprocesses inherit it). tests/test_precision.py
+# checks auto's own choice and bf16 against fp32.
+os.environ.setdefault("FEDSEG_AUTO_PRECISION", "fp32")
 logging.getLogger("fedseg").setLevel(logging.INFO)
 # Seed of the tests' trainings; tests/repeat.py (make test-repeat) varies it to measure pass rates.
 TRAIN_SEED = int(os.environ.get("FEDSEG_TEST_SEED", "0"))

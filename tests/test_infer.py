@@ -55,3 +55,27 @@ def test_input_the_task_cannot_use_is_refused(predictor, tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), str(two_d))
     with pytest.raises(DataError, match="slice.nii.gz: image has shape \\(8, 8\\); task 'spleen' needs 3D"):
         predictor.segment(two_d, tmp_path / "out.nii.gz")
+
+
+def test_body_crop_gives_the_uncropped_mask_on_the_input_grid(predictor, trained_spleen, real_ct):
+    """Resampling only the body's part of the training grid gives the network the very image, and the mask, of
+    the whole-volume path, on the input's grid, while interpolating fewer voxels."""
+    import torch
+
+    _, data, model_path = trained_spleen
+    whole = Predictor(get_task("spleen", "tiny"), model_path, Runtime.create("cpu", num_threads=2), body_crop=False)
+    cases = [real_ct] + [c.image for c in data.datalist.cases("validation") + data.datalist.cases("test")]
+    smaller = 0
+    for path in cases:
+        image = predictor.loader(str(path))
+        oriented = predictor.orient({"image": image})["image"]
+        (_, part), (_, full) = predictor.resampling_grid(oriented), whole.resampling_grid(oriented)
+        smaller += int(np.prod(part) < np.prod(full))
+        ours, theirs = predictor.network_image(image), whole.network_image(image)
+        assert ours.shape == theirs.shape and torch.allclose(ours.affine, theirs.affine, atol=1e-6)
+        assert torch.allclose(ours.as_tensor(), theirs.as_tensor(), atol=1e-6)
+        fast, slow = predictor.mask(path), whole.mask(path)
+        assert fast.shape == slow.shape == tuple(nib.load(str(path)).shape[:3])
+        print(f"{path.name}: resampled {part} of {full}; voxel agreement {(fast == slow).mean():.6f}")
+        assert (fast == slow).mean() >= 0.99999, path.name  # the same mask, up to float rounding
+    assert smaller >= len(cases) - 1  # the crop really skipped air (the small real CT is nearly all body)

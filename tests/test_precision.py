@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_site
 from fedseg.engine import Runtime, SegmentationEngine
-from fedseg.engine.runtime import cpu_has_native_bf16
+from fedseg.engine.runtime import AUTO_PRECISION_ENV, cpu_has_native_bf16
 from fedseg.errors import ConfigError
 from fedseg.site_config import load_site_config
 from fedseg.tasks import get_task
@@ -33,12 +33,22 @@ def test_a_precision_the_site_cannot_have_is_refused_naming_site_and_key(tmp_pat
         Runtime.for_site(site)
 
 
-def test_auto_keeps_fp32_on_cpu_and_the_site_or_command_line_chooses_bf16(tmp_path, spleen_dataset):
-    assert Runtime.create("cpu").precision == "fp32" and not Runtime.create("cpu").amp
+def test_auto_is_bf16_where_the_cpu_has_it_and_the_site_or_command_line_overrides(tmp_path, spleen_dataset,
+                                                                                  monkeypatch):
+    monkeypatch.delenv(AUTO_PRECISION_ENV, raising=False)  # the suite pins fp32 (conftest); auto's own choice here
+    native = cpu_has_native_bf16()
+    assert Runtime.create("cpu").precision == ("bf16" if native else "fp32")
+    assert Runtime.create("cpu").amp == native
     site = _site(tmp_path, spleen_dataset, precision="bf16", device="cpu")
     assert Runtime.for_site(site).precision == "bf16"
     assert Runtime.for_site(site, precision="fp32").precision == "fp32"  # --precision overrides the YAML
     assert Runtime.create("cpu", precision="bf16", amp=False).precision == "fp32"
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp32")
+    assert Runtime.create("cpu").precision == "fp32"  # what the suite runs in, whatever the CPU
+    assert Runtime.create("cpu", precision="bf16").precision == "bf16"  # an explicit choice still wins
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp64")
+    with pytest.raises(ConfigError, match=r"\$FEDSEG_AUTO_PRECISION is 'fp64'; allowed: fp32, bf16, fp16"):
+        Runtime.create("cpu")
 
 
 def test_bf16_validation_dice_matches_fp32(trained_spleen):

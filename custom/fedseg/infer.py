@@ -1,9 +1,15 @@
 """``fedseg infer``: segment a volume and write the mask on the input's own grid.
 
-The image goes through the task's evaluation preprocessing (RAS, training spacing, intensity,
-foreground crop); class probabilities from sliding-window inference are resampled back onto the
-input's voxel grid through the affines (so any input orientation works), and the argmax is
-written as a uint8 mask with the input's affine.
+The input's voxels are read once, and only the body is computed on. The task's evaluation
+preprocessing (RAS, training spacing, intensity window, foreground crop) keeps, on the training
+grid, the box of voxels above the window's floor (-57 HU for spleen: air and fat are cut), and
+the batched sliding windows run over that box only. Here the resampling to the training grid is
+restricted to that box too: MONAI's ``CropForeground`` finds the body on the input grid (the
+same threshold, on raw HU), and only the voxels of the training grid around it are interpolated,
+from the whole image and at the positions the whole-volume resampling would use, so the network
+sees the same image either way. Class probabilities go back (through the affines, so any
+orientation works) onto the region of the input grid that the network's box covers; their argmax
+fills that region of a uint8 mask that is background elsewhere, written with the input's affine.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import torch
 from monai.data import MetaTensor
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
-from monai.transforms import LoadImage, ResampleToMatch
+from monai.transforms import (Compose, CropForeground, LoadImage, LoadImaged, Orientationd, ResampleToMatch,
+                              Spacingd, SpatialCrop)
 
 from fedseg.checkpoint import load_model
-from fedseg.data.checks import check_image_file
+from fedseg.data.checks import check_image_file, crop_threshold
 from fedseg.engine import Runtime, SegmentationEngine
 from fedseg.errors import FedsegError
 from fedseg.progress import Progress
@@ -146,41 +153,111 @@ def check_input(path: Path, spec: TaskSpec) -> None:
 
 
 class Predictor:
-    """A task's model ready to segment files; reuse it for many volumes."""
+    """A task's model ready to segment files; reuse it for many volumes.
 
-    def __init__(self, spec: TaskSpec, model_path: Path, runtime: Runtime | None = None):
+    ``body_crop=False`` resamples the whole input grid both ways (the path the crop is checked
+    against: tests/test_infer.py).
+    """
+
+    def __init__(self, spec: TaskSpec, model_path: Path, runtime: Runtime | None = None, *, body_crop: bool = True):
         self.spec = spec
         self.engine = SegmentationEngine(spec, runtime or Runtime.create("auto"))
         self.engine.set_weights(load_model(model_path, spec))
         self.preprocess = eval_transforms(spec, with_label=False, track_meta=True)
         self.loader = LoadImage(image_only=True, ensure_channel_first=True)
+        load, orient, spacing, *rest = self.preprocess.transforms  # see fedseg.transforms.preprocessing
+        if not (isinstance(load, LoadImaged) and isinstance(orient, Orientationd) and isinstance(spacing, Spacingd)):
+            raise TypeError("fedseg.transforms.preprocessing must start with LoadImaged, Orientationd, Spacingd")
+        self.orient, self.spacing, self.rest = orient, spacing, Compose(rest)
+        threshold = crop_threshold(spec)
+        self.body = None
+        if body_crop and threshold is not None:
+            self.body = CropForeground(select_fn=lambda x: x > threshold, allow_smaller=True)
 
-    def probabilities(self, image_path: Path) -> torch.Tensor:
-        """Class probabilities on the input's own voxel grid, shape (classes, *input spatial shape)."""
-        item = self.preprocess({IMAGE: str(image_path)})
-        net_image = item[IMAGE]
+    def resampling_grid(self, oriented: MetaTensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Affine and shape of the training-spacing grid that ``oriented`` (RAS) is resampled onto.
+
+        The whole volume's grid (MONAI's ``Spacingd``, computed lazily: no voxel is interpolated), or
+        with the body crop the part of it within one input voxel of the body: every voxel that the
+        interpolation can lift above the threshold, so the foreground crop that follows finds the
+        same box as on the whole grid.
+        """
+        target = self.spacing({IMAGE: oriented}, lazy=True)[IMAGE]
+        grid, shape = target.peek_pending_affine(), tuple(int(n) for n in target.peek_pending_shape())
+        if self.body is None:
+            return grid, shape
+        start, end = self.body.compute_bounding_box(oriented)
+        if np.any(end <= start):  # nothing above the threshold: the whole grid (the check refuses such input)
+            return grid, shape
+        to_grid = torch.linalg.inv(grid) @ torch.as_tensor(oriented.affine, dtype=grid.dtype)
+        lo, hi = _box_on(to_grid, start - 1, end)
+        lo = np.maximum(np.floor(lo) - 1, 0).astype(int)
+        hi = np.minimum(np.ceil(hi) + 2, shape).astype(int)
+        sub = grid.clone()
+        sub[:3, 3] = (grid @ torch.as_tensor([*lo, 1.0], dtype=grid.dtype))[:3]
+        return sub, tuple(int(n) for n in hi - lo)
+
+    def network_image(self, image: MetaTensor) -> MetaTensor:
+        """The preprocessed image the network sees, from the loaded input (its own grid)."""
+        oriented = self.orient({IMAGE: image})[IMAGE]
+        grid, shape = self.resampling_grid(oriented)
+        sp = self.spacing  # its own resampler and settings: the values are those Spacingd gives
+        region = sp.spacing_transform.sp_resample(oriented, dst_affine=grid, spatial_size=shape, mode=sp.mode[0],
+                                                  padding_mode=sp.padding_mode[0], align_corners=sp.align_corners[0],
+                                                  dtype=sp.dtype[0])
+        return self.rest({IMAGE: region})[IMAGE]
+
+    def logits(self, net_image: MetaTensor) -> torch.Tensor:
+        """Batched sliding windows over the network's image, counted as progress."""
         with window_progress(self.engine.network, tuple(net_image.shape[1:]), self.spec,
-                             f"segment {Path(image_path).name}"):
-            logits = self.engine.predict_logits(net_image)
-        probs = torch.softmax(logits, dim=0).cpu()
-        probs = MetaTensor(probs, meta=dict(net_image.meta))  # carries the preprocessed grid's affine
-        original = self.loader(str(image_path))
-        back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=original)
+                             f"segment {Path(str(net_image.meta.get('filename_or_obj', 'image'))).name}"):
+            return self.engine.predict_logits(net_image)
+
+    def back_to_input(self, logits: torch.Tensor, net_image: MetaTensor,
+                      image: MetaTensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
+        """Class probabilities on the part of ``image``'s grid that the network's image covers.
+
+        Returns the probabilities (classes, *region) and the region's slices of ``image``'s grid.
+        """
+        probs = MetaTensor(torch.softmax(logits, dim=0).cpu(), meta=dict(net_image.meta))
+        box = tuple(slice(None) for _ in image.shape[1:])
+        if self.body is not None:
+            # The network's box (one voxel more: bilinear weights reach that far), on the input grid.
+            to_input = torch.linalg.inv(torch.as_tensor(image.affine, dtype=torch.float64)) @ torch.as_tensor(
+                net_image.affine, dtype=torch.float64)
+            lo, hi = _box_on(to_input, np.full(3, -1), np.asarray(net_image.shape[1:]))
+            lo = np.maximum(np.floor(lo), 0).astype(int)
+            hi = np.minimum(np.ceil(hi) + 1, image.shape[1:]).astype(int)
+            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            image = SpatialCrop(roi_slices=box)(image)
+        back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=image)
         # Voxels outside the foreground crop received no prediction: they are background.
         outside = back.sum(0, keepdim=True) < 1e-3
         back[0:1][outside] = 1.0
-        return back.as_tensor()
+        return back.as_tensor(), box
 
     def mask(self, image_path: Path, *, check: bool = True) -> np.ndarray:
         """The uint8 class-index mask on the input's own voxel grid (``check=False``: the caller checked it)."""
         if check:
             check_input(image_path, self.spec)
+        image = self.loader(str(image_path))
+        net_image = self.network_image(image)
+        probs, box = self.back_to_input(self.logits(net_image), net_image, image)
+        mask = np.zeros(tuple(image.shape[1:]), dtype=np.uint8)
         # torch.max(...).indices equals argmax and is 10-50x faster on CPU (bench/inference.py).
-        return torch.max(self.probabilities(image_path), 0).indices.numpy().astype(np.uint8)
+        mask[box] = torch.max(probs, 0).indices.numpy().astype(np.uint8)
+        return mask
 
     def segment(self, image_path: Path, out_path: Path, *, check: bool = True) -> Path:
         """Segment one NIfTI file and write the mask to ``out_path``; returns ``out_path``."""
         return save_mask_like(image_path, self.mask(image_path, check=check), out_path)
+
+
+def _box_on(affine: torch.Tensor, start, end) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest coordinates, after ``affine``, of the box of voxel indices ``start``..``end``."""
+    corners = np.array(np.meshgrid(*[(a, b) for a, b in zip(start, end)], indexing="ij")).reshape(3, -1)
+    mapped = affine.numpy() @ np.vstack([corners, np.ones(corners.shape[1])])
+    return mapped[:3].min(1), mapped[:3].max(1)
 
 
 def save_mask_like(image_path: Path, mask: np.ndarray, out_path: Path) -> Path:

@@ -63,7 +63,9 @@ class SegmentationEngine:
         self.spec, self.runtime, self.seed = spec, runtime, seed
         self.class_names = tuple(class_names or spec.labels)
         seed_everything(seed, deterministic=runtime.deterministic)
-        self.model = build_network(spec).to(runtime.device)
+        self.memory_format = runtime.memory_format(spec.spatial_dims)
+        # Parameters in the activations' layout: every convolution then runs in it without reorders.
+        self.model = build_network(spec).to(runtime.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(spec, self.model.parameters())
         self.loss_fn = build_loss(spec)
         # A task may turn mixed precision off (spec.amp); loss scaling only for fp16 (bf16 has fp32's range).
@@ -99,7 +101,9 @@ class SegmentationEngine:
         self.model = wrap(self.network)
 
     def get_weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
+        # Contiguous copies whatever layout the network runs in: files and FL updates stay plain.
+        return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                for k, v in self.network.state_dict().items()}
 
     def set_weights(self, weights: Mapping) -> None:
         self.network.load_state_dict(to_state_dict(weights), strict=True)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.utils.deterministic
 from monai.utils import set_determinism
 
 from fedseg.errors import ConfigError
@@ -26,10 +27,21 @@ class Runtime:
     # Deterministic algorithms (cuDNN and torch) so that a seed fixes every number of a run on one
     # machine; off, cuDNN may autotune its kernels (faster on GPUs, no longer repeatable).
     deterministic: bool = True
+    # Activations in channels-last (NDHWC) order for 3D networks; None: on CPU, where oneDNN's
+    # convolutions are faster in it (see memory_format).
+    channels_last: bool | None = None
+    # MONAI's fast-training levers for the training data (cached volumes moved to the device, random
+    # crops and augmentation there, a ThreadDataLoader); None: on CUDA, where the CPU would otherwise
+    # feed the GPU. On a CPU the data is there already and the loader thread competes with compute.
+    device_cache: bool | None = None
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def caches_on_device(self) -> bool:
+        return self.cuda if self.device_cache is None else self.device_cache
 
     @property
     def amp(self) -> bool:
@@ -38,7 +50,8 @@ class Runtime:
 
     @staticmethod
     def create(device: str = "auto", *, precision: str = "auto", amp: bool = True, num_workers: int = 0,
-               cache_rate: float = 1.0, num_threads: int | None = None, deterministic: bool = True) -> "Runtime":
+               cache_rate: float = 1.0, num_threads: int | None = None, deterministic: bool = True,
+               channels_last: bool | None = None, device_cache: bool | None = None) -> "Runtime":
         """Resolve ``auto`` to CUDA when present and ``precision`` for that device (``amp=False``: fp32).
 
         ``num_threads`` fixes torch's intra-op threads: CPU results depend on it (a reduction split
@@ -50,7 +63,8 @@ class Runtime:
         if dev.type == "cuda" and not deterministic:
             torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick the fastest kernels
         return Runtime(dev, resolve_precision(precision if amp else "fp32", dev), num_workers=num_workers,
-                       cache_rate=cache_rate, num_threads=num_threads, deterministic=deterministic)
+                       cache_rate=cache_rate, num_threads=num_threads, deterministic=deterministic,
+                       channels_last=channels_last, device_cache=device_cache)
 
     @staticmethod
     def for_site(site, *, device: str | None = None, num_threads: int | None = None, precision: str | None = None,
@@ -62,6 +76,16 @@ class Runtime:
                                   num_threads=num_threads or site.num_threads)
         except ConfigError as exc:
             raise ConfigError(f"site {site.site!r} ({site.path}): {exc}") from None
+
+    def memory_format(self, spatial_dims: int) -> torch.memory_format:
+        """The memory format a network of ``spatial_dims`` dimensions (and its inputs) should use here.
+
+        Channels-last 3D on CPU: oneDNN's convolutions need no layout reorders in it; a full-size spleen
+        training step measured 1.4-1.7x faster in fp32 with a quarter less peak memory and half the page
+        faults (bench/README.md, "Profile"). CUDA stays contiguous until it is measured there.
+        """
+        wanted = self.device.type == "cpu" if self.channels_last is None else self.channels_last
+        return torch.channels_last_3d if wanted and spatial_dims == 3 else torch.contiguous_format
 
     def autocast(self):
         """The autocast context of this runtime's precision (a no-op for fp32)."""
@@ -76,18 +100,36 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto`` -> fp16 AMP on CUDA, fp32 on CPU; an explicit choice is checked against the device.
+# Replaces what ``precision: auto`` picks on every device (fp32, bf16 or fp16); the test suite sets
+# fp32 so that its quality bars, measured in fp32, hold on CPUs with and without bf16 hardware.
+AUTO_PRECISION_ENV = "FEDSEG_AUTO_PRECISION"
 
-    ``auto`` does not pick bf16 on CPUs that have it: the suite's Dice bars were measured in fp32,
-    and bf16 stays an explicit choice until they are re-measured (validation Dice agrees with fp32
-    within 0.005, tests/test_precision.py). Without hardware bf16, torch emulates it: evaluation
-    measured 17x slower than fp32 on an AVX2-only CPU.
+
+def auto_precision(device: torch.device) -> str:
+    """What ``precision: auto`` means on ``device``: fp16 AMP on CUDA; bf16 on a CPU with AMX or
+    AVX-512 BF16, fp32 on other CPUs; ``$FEDSEG_AUTO_PRECISION`` replaces the choice.
+
+    bf16 on such a CPU: a full-size spleen training step 2-3x faster and sliding-window inference
+    about 2x (bench/profiling.py), with validation Dice within 0.005 of fp32 and the same Dice after
+    training (tests/test_precision.py, bench/README.md). Without the hardware torch emulates bf16:
+    evaluation measured 17x slower than fp32 on an AVX2-only CPU, so those CPUs keep fp32.
     """
+    forced = os.environ.get(AUTO_PRECISION_ENV)
+    if forced:
+        if forced not in PRECISIONS or forced == "auto":
+            raise ConfigError(f"${AUTO_PRECISION_ENV} is {forced!r}; allowed: fp32, bf16, fp16")
+        return forced
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto`` -> :func:`auto_precision`; an explicit choice (or a forced one) is checked against the device."""
     if requested not in PRECISIONS:
         raise ConfigError(f"'precision' is {requested!r}; allowed: {', '.join(PRECISIONS)}")
     if requested == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
+        requested = auto_precision(device)
     if requested == "fp16" and device.type != "cuda":
         raise ConfigError(f"'precision: fp16' needs a CUDA device (this runs on {device.type}); use bf16 or fp32")
     if requested == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
@@ -120,6 +162,10 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     set_determinism(seed=seed % 2**32)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Deterministic mode also fills every new uninitialised tensor with NaN, a debugging aid that
+    # repeatable results do not need: it took 30% of a sliding-window pass and of a full-size training
+    # step on CPU (torch.profiler: aten::fill_; bench/README.md, "Profile").
+    torch.utils.deterministic.fill_uninitialized_memory = False
     if not deterministic:  # set_determinism always pins cuDNN; give it back its autotuning
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
