@@ -7,7 +7,8 @@ Usage::
 
 ``--quick`` (default): the tiny spleen variant on CPU, a few minutes on 2 cores. ``--full``: the
 card's spleen recipe (96^3 patches, CUDA and AMP when available) for a GPU machine. Comparisons
-(``--only`` picks some): throughput, inference, fl_overhead, scale, aggregation, quality.
+(``--only`` picks some): throughput, inference, fl_overhead, scale, aggregation, quality, and
+sim_to_real (only with ``--only``: a phantom-trained model scored on the real CTs, bench/sim_to_real.py).
 See bench/README.md for what every row means.
 """
 
@@ -28,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `import bench` work from 
 
 from bench.common import SPEED_FLAGS, Settings, machine_info, markdown_table, resolve_device, settings_for, single_site_items
 
-NAMES = ("throughput", "time_to_dice", "inference", "aggregation", "fl_overhead", "scale", "quality")
+NAMES = ("throughput", "time_to_dice", "inference", "aggregation", "fl_overhead", "scale", "quality", "sim_to_real")
 HEAD = ["comparison", "result", "detail", "ratio / note"]
 
 
@@ -40,7 +41,7 @@ def _set_threads(settings: Settings) -> None:
 
 def run_section(name: str, settings: Settings, work: Path, state: dict) -> tuple[dict, list[list]]:
     """Run one comparison; return its JSON body and its table rows."""
-    from bench import aggregation, fl_overhead, inference, quality, scale, throughput, time_to_dice
+    from bench import aggregation, fl_overhead, inference, quality, scale, sim_to_real, throughput, time_to_dice
 
     _set_threads(settings)
     if name in ("throughput", "time_to_dice", "inference") and "items" not in state:
@@ -66,6 +67,9 @@ def run_section(name: str, settings: Settings, work: Path, state: dict) -> tuple
     if name == "quality":
         result = quality.run(settings, work)
         return result, quality.rows(result)
+    if name == "sim_to_real":
+        result = sim_to_real.run_section(settings, work)
+        return result, sim_to_real.rows(result)
     raise ValueError(f"unknown comparison {name!r}; choose from {', '.join(NAMES)}")
 
 

@@ -50,7 +50,7 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 def cmd_data_synth(a) -> int:
     from fedseg.data.synth import synthesize
 
-    info = synthesize(a.task, Path(a.out), a.cases, seed=a.seed, workers=a.workers)
+    info = synthesize(a.task, Path(a.out), a.cases, seed=a.seed, workers=a.workers, phases=a.phases)
     print(f"wrote {info.num_training} {a.task} phantoms to {a.out} (labels: {', '.join(info.labels)})")
     return 0
 
@@ -114,6 +114,17 @@ def cmd_data_import_dicom(a) -> int:
         return 1
     print(f"site-local manifest (patient and series identifiers; never leaves the site): {result.manifest}")
     return 0
+
+
+def _phase_mix(text: str) -> str:
+    """``--phases``: checked here, so that a bad mix is a usage error naming the phase."""
+    from fedseg.data.phantoms.phases import parse_phase_mix
+
+    try:
+        parse_phase_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _click(text: str) -> tuple[int, int]:
@@ -510,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=positive_int, default=20)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--workers", type=positive_int, default=1, help="processes drawing phantoms in parallel")
+    p.add_argument("--phases", type=_phase_mix, default=None,
+                   help="CT contrast-phase mix, e.g. portal-venous=0.7,arterial=0.1,delayed=0.1,non-contrast=0.1 "
+                        "or one phase name (default: that Decathlon-like mix)")
     p.set_defaults(func=cmd_data_synth)
     p = data.add_parser("split", help="write one Decathlon datalist per site and a pooled site-All list")
     p.add_argument("--dataset", required=True, help="dataset root holding dataset.json")

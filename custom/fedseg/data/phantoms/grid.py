@@ -121,7 +121,7 @@ class Ellipsoid:
         return box, self.level(*grid.coords(box)) < 1.0
 
 
-def paint(volume: np.ndarray, shape: Ellipsoid, grid: Grid, value, where: np.ndarray | None = None) -> np.ndarray:
+def paint(volume: np.ndarray, shape, grid: Grid, value, where: np.ndarray | None = None) -> np.ndarray:
     """Write ``value`` into ``volume`` inside ``shape`` (and inside ``where`` if given); return the full mask."""
     full = np.zeros(volume.shape, dtype=bool)
     hit = shape.mask(grid)
@@ -132,4 +132,50 @@ def paint(volume: np.ndarray, shape: Ellipsoid, grid: Grid, value, where: np.nda
         inside = inside & where[box]
     volume[box][inside] = value
     full[box] = inside
+    return full
+
+
+@dataclass(frozen=True)
+class Capsule:
+    """A tube of ``radius`` mm around the segment ``start``-``end`` (vessels, bowel, ribs' cartilage)."""
+
+    start: tuple[float, float, float]
+    end: tuple[float, float, float]
+    radius: float
+
+    def mask(self, grid: Grid) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+        """The voxels inside, as ``(box, boolean mask over box)``; None if it misses the grid."""
+        p0, p1 = np.asarray(self.start, np.float32), np.asarray(self.end, np.float32)
+        center = (p0 + p1) / 2
+        half = np.abs(p1 - p0) / 2 + self.radius
+        box = grid.box(tuple(center), tuple(half))
+        if box is None:
+            return None
+        x, y, z = grid.coords(box)
+        d = p1 - p0
+        length2 = float(d @ d) or 1e-6
+        t = np.clip(((x - p0[0]) * d[0] + (y - p0[1]) * d[1] + (z - p0[2]) * d[2]) / length2, 0.0, 1.0)
+        dist2 = (x - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (z - p0[2] - t * d[2]) ** 2
+        return box, dist2 < self.radius ** 2
+
+
+def tube(points, radius, grid: Grid) -> np.ndarray:
+    """The full-grid mask of a polyline of capsules through ``points``; ``radius`` per point or one value."""
+    radii = np.broadcast_to(np.asarray(radius, dtype=np.float32), (len(points),))
+    full = np.zeros(grid.shape, dtype=bool)
+    for k in range(len(points) - 1):
+        hit = Capsule(tuple(points[k]), tuple(points[k + 1]), float((radii[k] + radii[k + 1]) / 2)).mask(grid)
+        if hit is not None:
+            box, inside = hit
+            full[box] |= inside
+    return full
+
+
+def shape_mask(shape, grid: Grid) -> np.ndarray:
+    """The full-grid boolean mask of any shape with a ``mask(grid)`` method."""
+    full = np.zeros(grid.shape, dtype=bool)
+    hit = shape.mask(grid)
+    if hit is not None:
+        box, inside = hit
+        full[box] = inside
     return full
