@@ -61,3 +61,21 @@ def test_cosine_schedule_decays_to_the_floor():
     assert abs(spec.lr_at(1.0) - spec.optimizer.lr * spec.min_lr_fraction) < 1e-12
     assert spec.lr_at(0.25) > spec.lr_at(0.5) > spec.lr_at(0.75)
     assert replace(spec, lr_schedule="constant").lr_at(0.9) == spec.optimizer.lr
+
+
+def test_a_task_module_declares_spec_phantoms_and_schedule_and_the_registries_follow():
+    from fedseg.data.synth import PHANTOMS
+    from fedseg.flare.jobs import COMMITTED
+    from fedseg.tasks import phantom_labels, task_names, task_schedule
+
+    assert tuple(PHANTOMS) == task_names()
+    fedavg = {job.task: job for job in COMMITTED if job.algorithm == "fedavg"}
+    assert tuple(fedavg) == task_names()
+    for name in task_names():
+        spec = get_task(name)
+        schedule = task_schedule(name)
+        assert (fedavg[name].num_rounds, fedavg[name].local_epochs) == (schedule.num_rounds, schedule.local_epochs)
+        if spec.fixed_classes:  # the phantoms' dataset.json names exactly the spec's classes
+            assert phantom_labels(name) == spec.labels and PHANTOMS[name].labels is None
+        else:
+            assert len(phantom_labels(name)) > 2

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fedseg.data.split import split_dataset
-from fedseg.data.synth import PHANTOMS
+from fedseg.tasks import phantom_labels
 from fedseg.data.msd import write_dataset_json
 from fedseg.errors import DataError
 
@@ -12,8 +12,7 @@ from fedseg.errors import DataError
 def fake_dataset(tmp_path):
     # Split reads only dataset.json, so a listing is enough.
     items = [{"image": f"imagesTr/c_{i}.nii.gz", "label": f"labelsTr/c_{i}.nii.gz"} for i in range(24)]
-    kind = PHANTOMS["spleen"]
-    write_dataset_json(tmp_path, name="x", description="x", modalities=kind.modalities, labels=kind.labels,
+    write_dataset_json(tmp_path, name="x", description="x", modalities=("CT",), labels=phantom_labels("spleen"),
                        training=items)
     return tmp_path
 

@@ -23,7 +23,8 @@ from fedseg.data.phantoms.abdomen import ORGANS, PhantomOptions, synth_abdomen
 from fedseg.data.phantoms.dicom import ct_series, write_series
 from fedseg.data.phantoms.nifti import save_nifti
 from fedseg.data.split import split_dataset
-from fedseg.data.synth import PHANTOMS, synthesize
+from fedseg.data.synth import synthesize
+from fedseg.tasks import phantom_labels
 from fedseg.flare.jobs import JobSpec, export_job
 from fedseg.flare.simulate import run_simulator
 from fedseg.flare.results import read_job_results
@@ -87,8 +88,7 @@ def _hospital(tmp: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / entry[key], target)
         items.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-    kind = PHANTOMS["spleen"]
-    write_dataset_json(root, name="x", description="x", modalities=kind.modalities, labels=kind.labels, training=items)
+    write_dataset_json(root, name="x", description="x", modalities=("CT",), labels=phantom_labels("spleen"), training=items)
     return root
 
 

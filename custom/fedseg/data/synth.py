@@ -6,7 +6,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from fedseg.data.phantoms.phases import (DEFAULT_PHASE_MIX, assign_phases, forma
                                           parse_phase_mix)
 from fedseg.data.phantoms.pelvis import synth_pelvis
 from fedseg.progress import Progress
+from fedseg.tasks import phantom_labels, task_names, task_phantom
+from fedseg.tasks.parts import PhantomSpec
 
 # Orientations real converters write: RAS (nibabel/ITK-SNAP), LPS (DICOM order), LAS (FSL radiological).
 AXCODES = ("RAS", "LPS", "LAS")
@@ -32,92 +34,32 @@ class SynthCase:
     info: dict = field(default_factory=dict)  # what was drawn (phase, HU, ...), for phantoms.json
 
 
-@dataclass(frozen=True)
-class PhantomKind:
-    """How a task's phantoms are drawn and what their ``dataset.json`` says.
-
-    ``make(seed, ct)`` draws one case; ``ct`` holds the CT options the dataset chose for it (its
-    phase among them) and is ignored by MR phantoms.
-    """
-
-    dataset_name: str
-    description: str
-    modalities: tuple[str, ...]
-    labels: tuple[str, ...]
-    make: Callable[[int, PhantomOptions], SynthCase]
-
-
 def _info(ph) -> dict:
     keys = ("phase", "randomised", "oral_contrast", "arms_down", "hu_spleen", "hu_liver", "hu_aorta", "tumours")
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in ph.params.items() if k in keys}
 
 
-def _spleen_case(seed: int, ct: PhantomOptions) -> SynthCase:
-    ph = synth_abdomen(seed, ct)
-    return SynthCase(ph.image, (ph.organs == ORGANS["spleen"]).astype(np.uint8), ph.grid.affine, _info(ph))
-
-
-def _liver_case(seed: int, ct: PhantomOptions) -> SynthCase:
-    ph = synth_abdomen(seed, replace(ct, tumours=(0, 3)))
-    label = (ph.organs == ORGANS["liver"]).astype(np.uint8)
-    label[ph.organs == ORGANS["liver_tumour"]] = 2
-    return SynthCase(ph.image, label, ph.grid.affine, _info(ph))
-
-
-# Organs of the multi-organ phantoms (Deepgrow): label value = position; tumours count as liver.
-ABDOMEN_ORGANS = ("spleen", "liver", "kidney_right", "kidney_left", "stomach")
-
-
-def _abdomen_case(seed: int, ct: PhantomOptions) -> SynthCase:
-    ph = synth_abdomen(seed, replace(ct, tumours=(0, 1)))
+def make_case(phantom: PhantomSpec, seed: int, ct: PhantomOptions) -> SynthCase:
+    """Draw one case of ``phantom``; ``ct`` holds the CT options the dataset chose for it (ignored for MR)."""
+    if phantom.body == "pelvis":
+        ph = synth_pelvis(seed)
+        return SynthCase(ph.image, ph.label, ph.grid.affine)
+    ph = synth_abdomen(seed, replace(ct, tumours=phantom.tumours))
     label = np.zeros(ph.organs.shape, dtype=np.uint8)
-    for value, name in enumerate(ABDOMEN_ORGANS, start=1):
-        label[ph.organs == ORGANS[name]] = value
-    label[ph.organs == ORGANS["liver_tumour"]] = ABDOMEN_ORGANS.index("liver") + 1
+    for organ, value in phantom.organs:
+        label[ph.organs == ORGANS[organ]] = value
     return SynthCase(ph.image, label, ph.grid.affine, _info(ph))
 
 
-def _prostate_case(seed: int, ct: PhantomOptions) -> SynthCase:
-    ph = synth_pelvis(seed)
-    return SynthCase(ph.image, ph.label, ph.grid.affine)
-
-
-PHANTOMS: dict[str, PhantomKind] = {
-    "spleen": PhantomKind(
-        "Task09_Spleen_synthetic",
-        "Synthetic abdominal CT phantoms with spleen labels (fedseg)",
-        ("CT",),
-        ("background", "spleen"),
-        _spleen_case,
-    ),
-    "liver": PhantomKind(
-        "Task03_Liver_synthetic",
-        "Synthetic abdominal CT phantoms with liver and 0-3 liver tumours (fedseg)",
-        ("CT",),
-        ("background", "liver", "tumour"),
-        _liver_case,
-    ),
-    "prostate": PhantomKind(
-        "Task05_Prostate_synthetic",
-        "Synthetic pelvic MRI phantoms (T2, ADC as one 4D file) with prostate zones (fedseg)",
-        ("T2", "ADC"),
-        ("background", "PZ", "TZ"),
-        _prostate_case,
-    ),
-    "deepgrow2d": PhantomKind(
-        "Abdomen_multiorgan_synthetic",
-        "Synthetic abdominal CT phantoms with multi-organ labels, for Deepgrow (fedseg)",
-        ("CT",),
-        ("background", *ABDOMEN_ORGANS),
-        _abdomen_case,
-    ),
-}
+# Tasks that have phantoms (all of them today), derived from the task registry.
+PHANTOMS: dict[str, PhantomSpec] = {name: task_phantom(name) for name in task_names()}
+# Organs of the multi-organ (Deepgrow) phantoms, in label-value order.
+ABDOMEN_ORGANS: tuple[str, ...] = phantom_labels("deepgrow2d")[1:]
 
 
 def _write_case(task: str, out: Path, index: int, seed: int, ct: PhantomOptions) -> tuple[dict[str, str], dict]:
-    kind = PHANTOMS[task]
     case_seed = seed * 100_003 + index
-    case = kind.make(case_seed, ct)
+    case = make_case(PHANTOMS[task], case_seed, ct)
     axcodes = AXCODES[np.random.default_rng(case_seed).integers(len(AXCODES))]
     name = f"{task}_{index}.nii.gz"
     save_nifti(out / "imagesTr" / name, case.image, case.affine, axcodes=axcodes, description="fedseg phantom")
@@ -158,7 +100,7 @@ def synthesize(task: str, out: Path, cases: int, seed: int = 0, workers: int = 1
     training = [entry for entry, _ in written]
     tensor_size = "4D" if len(kind.modalities) > 1 else "3D"
     write_dataset_json(out, name=kind.dataset_name, description=kind.description, modalities=kind.modalities,
-                       labels=kind.labels, training=training, tensor_size=tensor_size)
+                       labels=phantom_labels(task), training=training, tensor_size=tensor_size)
     if ct_task:
         record = {"seed": seed, "phase_mix": format_phase_mix(mix), "randomise": base.randomise,
                   "cases": {entry["image"]: info for entry, info in written}}

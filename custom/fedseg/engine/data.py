@@ -9,7 +9,8 @@ from monai.data import CacheDataset, DataLoader, ThreadDataLoader
 
 from fedseg.engine.runtime import Runtime
 from fedseg.tasks.spec import TaskSpec
-from fedseg.transforms import eval_transforms, train_transforms
+from fedseg.tasks.kinds import task_kind
+from fedseg.transforms import train_transforms
 
 
 @dataclass
@@ -34,11 +35,7 @@ def _cache(items, transform, runtime: Runtime) -> CacheDataset:
 
 
 def _chains(spec: TaskSpec):
-    if spec.interactive:  # MONAI's deepgrow needs scikit-image: imported only for Deepgrow
-        from fedseg.deepgrow.transforms import slice_eval_transforms, slice_train_transforms
-
-        return slice_train_transforms, slice_eval_transforms
-    return train_transforms, eval_transforms
+    return task_kind(spec).transforms(spec)
 
 
 def make_train_data(spec: TaskSpec, items: list[dict], runtime: Runtime, seed: int) -> TrainData:
@@ -51,7 +48,7 @@ def make_train_data(spec: TaskSpec, items: list[dict], runtime: Runtime, seed: i
     """
     batch = min(spec.batch_size, len(items))
     generator = torch.Generator().manual_seed(seed)
-    if runtime.caches_on_device and not spec.interactive:
+    if runtime.caches_on_device and task_kind(spec).crops_on_device:
         dataset = _cache(items, train_transforms(spec, seed, device=runtime.device), runtime)
         loader = ThreadDataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0, generator=generator)
     else:

@@ -24,6 +24,7 @@ from fedseg.engine.runtime import Runtime, seed_everything
 from fedseg.errors import NonFiniteLossError
 from fedseg.networks import build_network
 from fedseg.progress import Progress
+from fedseg.tasks.kinds import task_kind
 from fedseg.tasks.spec import TaskSpec
 from fedseg.transforms import seed_from
 
@@ -58,7 +59,7 @@ class SegmentationEngine:
     def __init__(self, spec: TaskSpec, runtime: Runtime, *, class_names: tuple[str, ...] | None = None,
                  seed: int = 0):
         # An interactive task's classes are the dataset's objects, however many it labels.
-        if class_names is not None and not spec.interactive and len(class_names) != spec.num_classes:
+        if class_names is not None and spec.fixed_classes and len(class_names) != spec.num_classes:
             raise ValueError(f"task {spec.name!r} has {spec.num_classes} classes, got names {class_names}")
         self.spec, self.runtime, self.seed = spec, runtime, seed
         self.class_names = tuple(class_names or spec.labels)
@@ -72,11 +73,8 @@ class SegmentationEngine:
         self._autocast = runtime.autocast if spec.amp else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler("cuda", enabled=spec.amp and runtime.precision == "fp16")
         self._data_seeds = 0
-        self.clicks = None
-        if spec.interactive:  # imported only here: MONAI's deepgrow needs scikit-image
-            from fedseg.deepgrow.clicks import ClickSimulator
-
-            self.clicks = ClickSimulator(spec, seed)
+        # What the task's kind changes in a step and in scoring (Deepgrow: simulated clicks).
+        self.session = task_kind(spec).session(spec, seed)
 
     # Data -----------------------------------------------------------------------------------------
     def train_data(self, items: list[dict]) -> TrainData:
@@ -139,8 +137,7 @@ class SegmentationEngine:
             for batch in data.loader:
                 x = batch["image"].to(device, non_blocking=True)
                 y = batch["label"].to(device, non_blocking=True)
-                if self.clicks is not None:
-                    x = self.clicks.interact(self.network, x, y, list(batch["guidance"]))
+                x = self.session.training_input(self.network, x, y, batch)
                 if schedule is not None:
                     self._set_lr(schedule(step))
                 self.optimizer.zero_grad(set_to_none=True)
@@ -187,10 +184,10 @@ class SegmentationEngine:
         """Dice per foreground class for every case of ``data``."""
         if weights is not None:
             self.set_weights(weights)
-        if self.clicks is not None:
-            samples = [data.dataset[i] for i in range(len(data.dataset))]
-            objects = [int(item["region"]) - 1 for item in data.dataset.data]
-            return self.clicks.score(self.network, samples, objects, self.class_names[1:], self.runtime.device, label)
+        return self.session.evaluate(self, data, label)
+
+    def evaluate_volumes(self, data: EvalData, label: str = "evaluate") -> DiceScores:
+        """Sliding-window Dice per foreground class for every volume of ``data`` at the current weights."""
         scores = DiceScores(self.class_names[1:])
         progress = Progress(label, data.n_cases)
         for i in range(len(data.dataset)):

@@ -22,7 +22,7 @@ from fedseg.algorithms.base import PRIVACY
 from fedseg.errors import CheckpointError, FedsegError
 from fedseg.flare.constants import HEARTBEAT_INTERVAL_S, KEY_METRIC
 from fedseg.networks import NORM_LAYERS, TaskNetwork
-from fedseg.tasks import get_task
+from fedseg.tasks import get_task, task_names, task_schedule
 from fedseg.tasks.spec import NETWORK_LEVERS
 
 log = logging.getLogger("fedseg")
@@ -166,24 +166,23 @@ class JobSpec:
 
 
 # The committed jobs: CPU-sized demos that run unchanged under `nvflare simulator`.
+def _task_job(task: str, algorithm: str = "fedavg") -> JobSpec:
+    schedule = task_schedule(task)
+    return JobSpec(task, algorithm=algorithm, num_rounds=schedule.num_rounds, local_epochs=schedule.local_epochs)
+
+
+# The algorithms for heterogeneous sites are committed for this task, on its schedule.
+ALGORITHM_TASK = "spleen"
+# Every task's FedAvg job on its own schedule (from its task module), then the other algorithms'.
 COMMITTED: tuple[JobSpec, ...] = (
-    JobSpec("spleen"),
-    JobSpec("liver", local_epochs=6),
-    JobSpec("prostate", local_epochs=8),
-    # Each Deepgrow epoch already holds hundreds of slice samples per site.
-    JobSpec("deepgrow2d", num_rounds=10, local_epochs=1),
-    # The algorithms for heterogeneous sites, on the spleen job's schedule.
-    JobSpec("spleen", algorithm="fedprox"),
-    JobSpec("spleen", algorithm="fedopt"),
-    JobSpec("spleen", algorithm="scaffold"),
-    JobSpec("spleen", algorithm="ditto"),
+    *(_task_job(task) for task in task_names()),
+    *(_task_job(ALGORITHM_TASK, name) for name in algorithm_names() if name != "fedavg"),
 )
 
 
 def job_for(task: str, algorithm: str = "fedavg") -> JobSpec:
     """The committed job for ``task`` (its rounds and epochs), run with ``algorithm``."""
-    base = next((j for j in COMMITTED if j.task == task and j.algorithm == "fedavg"), JobSpec(task))
-    return replace(base, algorithm=algorithm)
+    return _task_job(task, algorithm)
 
 
 def committed_job(name: str) -> JobSpec:

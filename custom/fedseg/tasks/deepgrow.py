@@ -17,11 +17,12 @@ Deviations from the card, each for a stated reason:
   gradient, (p - y) / |window|, does not vanish (issue 18).
 """
 
+from fedseg.tasks.parts import FLSchedule, PhantomSpec
 from fedseg.tasks.spec import (
     AugmentSpec, IntensitySpec, InteractionSpec, NetworkSpec, OptimizerSpec, SmallVariant, TaskSpec,
 )
 
-DEEPGROW2D = TaskSpec(
+TASK = TaskSpec(
     name="deepgrow2d",
     description="Deepgrow 2D: the clicked abdominal organ on a CT slice (image + positive/negative click maps)",
     modality="CT",
@@ -49,3 +50,13 @@ DEEPGROW2D = TaskSpec(
                        interaction=InteractionSpec(train_clicks=5, eval_clicks=(1, 5, 10, 15), sigma=1,
                                                    min_area_mm2=50.0, max_val_samples=96)),
 )
+
+# Organs of the multi-organ phantoms: label value = position; tumours count as liver.
+ORGANS = ("spleen", "liver", "kidney_right", "kidney_left", "stomach")
+PHANTOM = PhantomSpec("Abdomen_multiorgan_synthetic",
+                      "Synthetic abdominal CT phantoms with multi-organ labels, for Deepgrow (fedseg)",
+                      organs=(*((name, value) for value, name in enumerate(ORGANS, start=1)),
+                              ("liver_tumour", ORGANS.index("liver") + 1)),
+                      tumours=(0, 1), labels=("background", *ORGANS))
+# Each Deepgrow epoch already holds hundreds of slice samples per site.
+SCHEDULE = FLSchedule(num_rounds=10, local_epochs=1)

@@ -40,6 +40,8 @@ class Segmentation:
     name = "segmentation"
     # Per-case spread and overlay pictures of whole volumes mean something for this kind.
     volume_pictures = True
+    # Its training chain can crop on the device from device-cached volumes (train_transforms(device=)).
+    crops_on_device = True
 
     def items(self, data: "SiteData", split: str) -> list[dict]:
         return data.datalist.items(split)
@@ -75,6 +77,7 @@ class Interactive(Segmentation):
 
     name = "interactive"
     volume_pictures = False  # masks come from clicks: see the Dice-vs-clicks curve instead
+    crops_on_device = False  # its slice chain samples around clicks on the host
 
     def items(self, data, split):
         from fedseg.deepgrow.prepare import prepare_slices

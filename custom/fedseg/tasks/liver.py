@@ -1,8 +1,9 @@
 """Liver and tumour CT, after the Clara Train 4.1 liver and tumour card (001_*)."""
 
+from fedseg.tasks.parts import FLSchedule, PhantomSpec
 from fedseg.tasks.spec import AugmentSpec, IntensitySpec, NetworkSpec, OptimizerSpec, SmallVariant, TaskSpec
 
-LIVER = TaskSpec(
+TASK = TaskSpec(
     name="liver",
     description="Liver and liver tumour in abdominal CT (MSD Task03 layout), 3 classes",
     modality="CT",
@@ -30,3 +31,8 @@ LIVER = TaskSpec(
     empty_class_dice="nan",
     small=SmallVariant(spacing=(2.5, 2.5, 3.0), patch_size=(48, 48, 48), sw_roi=(80, 80, 80)),
 )
+
+PHANTOM = PhantomSpec("Task03_Liver_synthetic",
+                      "Synthetic abdominal CT phantoms with liver and 0-3 liver tumours (fedseg)",
+                      organs=(("liver", 1), ("liver_tumour", 2)), tumours=(0, 3))
+SCHEDULE = FLSchedule(num_rounds=20, local_epochs=6)

@@ -4,9 +4,10 @@ The card names label 1 the central gland and 2 the peripheral zone; MSD Task05's
 ``dataset.json`` says 1 = PZ and 2 = TZ. Reported names always come from the dataset's file.
 """
 
+from fedseg.tasks.parts import FLSchedule, PhantomSpec
 from fedseg.tasks.spec import AugmentSpec, IntensitySpec, NetworkSpec, OptimizerSpec, SmallVariant, TaskSpec
 
-PROSTATE = TaskSpec(
+TASK = TaskSpec(
     name="prostate",
     description="Prostate peripheral and transition zones in T2 + ADC MRI (MSD Task05 layout), 3 classes",
     modality="MR",
@@ -30,3 +31,8 @@ PROSTATE = TaskSpec(
     max_voxels=2**27,  # T2 and ADC together; MSD Task05 volumes hold about 4 million
     small=SmallVariant(spacing=(1.5, 1.5, 3.0), patch_size=(48, 48, 16), sw_roi=(96, 96, 32)),
 )
+
+PHANTOM = PhantomSpec("Task05_Prostate_synthetic",
+                      "Synthetic pelvic MRI phantoms (T2, ADC as one 4D file) with prostate zones (fedseg)",
+                      body="pelvis", modalities=("T2", "ADC"))
+SCHEDULE = FLSchedule(num_rounds=20, local_epochs=8)

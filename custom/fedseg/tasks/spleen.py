@@ -1,8 +1,9 @@
 """Spleen CT, after the Clara Train 4.1 spleen card (the newer, Novograd + DiceCE recipe)."""
 
+from fedseg.tasks.parts import FLSchedule, PhantomSpec
 from fedseg.tasks.spec import AugmentSpec, IntensitySpec, NetworkSpec, OptimizerSpec, SmallVariant, TaskSpec
 
-SPLEEN = TaskSpec(
+TASK = TaskSpec(
     name="spleen",
     description="Spleen in abdominal CT (MSD Task09 layout), 2 classes",
     modality="CT",
@@ -26,3 +27,7 @@ SPLEEN = TaskSpec(
     plausible_range=(-1024.0, 3071.0),
     small=SmallVariant(spacing=(3.0, 3.0, 4.0), patch_size=(48, 48, 48)),
 )
+
+PHANTOM = PhantomSpec("Task09_Spleen_synthetic", "Synthetic abdominal CT phantoms with spleen labels (fedseg)",
+                      organs=(("spleen", 1),))
+SCHEDULE = FLSchedule(num_rounds=20, local_epochs=6)
