@@ -64,7 +64,7 @@ def test_algorithm_options_reach_the_server_and_the_sites(tmp_path):
     server, _ = configs(JobSpec("spleen", algorithm="fedopt", algorithm_options=(("server_lr", 0.3),)))
     assert server["workflows"][0]["args"]["optimizer_args"]["args"] == {"lr": 0.3, "momentum": 0.6}
     server, client = configs(JobSpec("spleen", algorithm="scaffold"))
-    assert server["workflows"][0]["path"] == "fedseg.flare.controller.ConsortiumScaffold"
+    assert server["workflows"][0]["path"] == "fedseg.algorithms.scaffold.ConsortiumScaffold"
     assert "--algorithm scaffold" in client
     _, client = configs(JobSpec("spleen", algorithm="ditto", algorithm_options=(("lambda", 0.5),)))
     assert "--algorithm ditto --algorithm-option lambda=0.5 --algorithm-option epochs=1" in client
@@ -183,7 +183,7 @@ def _scaffold_round(k: int):
     """A ``ConsortiumScaffold`` in the state ``FedAvg.run`` puts it in at the start of a round."""
     from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
 
-    from fedseg.flare.controller import ConsortiumScaffold
+    from fedseg.algorithms.scaffold import ConsortiumScaffold
 
     c = ConsortiumScaffold(min_clients=1, num_rounds=1)
     c.current_round = 0
@@ -223,7 +223,8 @@ def test_scaffold_aggregation_is_nvflares_and_leaves_out_an_update_without_contr
 
 
 def test_the_guard_refuses_a_poisoned_control_difference():
-    from fedseg.flare.guard import Reference, control_problems
+    from fedseg.algorithms.scaffold import control_problems
+    from fedseg.flare.guard import Reference
 
     ref = Reference.from_weights({"w": torch.zeros(2, 3), "bn.running_mean": torch.zeros(3)}, exact=True, source="t")
     assert control_problems({"w": np.zeros((2, 3), np.float32)}, ref) == []
@@ -231,3 +232,21 @@ def test_the_guard_refuses_a_poisoned_control_difference():
     assert "does not have: x" in control_problems({"w": np.zeros((2, 3), np.float32), "x": np.zeros(1)}, ref)[0]
     assert "another shape: w [3]" in control_problems({"w": np.zeros(3, np.float32)}, ref)[0]
     assert control_problems("not a mapping", ref) == ["its SCAFFOLD control difference is not a mapping of tensors"]
+
+
+def test_a_scaffold_jobs_guard_drops_an_update_with_poisoned_controls_and_fedavgs_does_not_look():
+    from nvflare.apis.dxo import DXO, DataKind
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import Shareable
+
+    from fedseg.flare.constants import CTRL_DIFF
+    from fedseg.flare.guard import UpdateGuard
+
+    def guarded(algorithm):
+        dxo = DXO(DataKind.WEIGHTS, data={"w": np.zeros((2, 3), np.float32)},
+                  meta={CTRL_DIFF: {"w": np.full((2, 3), np.nan, np.float32)}})
+        out = UpdateGuard(algorithm=algorithm).process_dxo(dxo, Shareable(), FLContext())
+        return out.data if out is not None else dxo.data
+
+    assert guarded("scaffold") == {}  # emptied: left out of the average
+    assert list(guarded("fedavg")) == ["w"]  # FedAvg's jobs carry no controls and never read them

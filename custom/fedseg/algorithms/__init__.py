@@ -4,7 +4,8 @@ Every consumer reads this one registry: ``fedseg jobs export --algorithm``, ``fe
 --algorithm``, the job generator (:mod:`fedseg.flare.jobs`) and the site client
 (:mod:`fedseg.flare.client`). Adding an algorithm is one module declaring ``ALGORITHM`` (an
 :class:`fedseg.algorithms.base.Algorithm`) plus one line below. Listing the names imports neither
-nvflare nor torch; the modules import them only where they build controllers or hooks.
+nvflare nor torch; an algorithm's module is imported when it is first asked for (those with their
+own server controller, SCAFFOLD and FedOpt, import NVFlare then).
 """
 
 from __future__ import annotations

@@ -108,6 +108,12 @@ class Algorithm:
             raise ValueError(f"privacy {job.privacy!r} does not work with {self.name}: it supports "
                              f"{', '.join(self.privacy)}")
 
+    def update_problems(self, meta: Mapping, reference) -> list[str]:
+        """Why a site's update must not be averaged, from what this algorithm adds to its meta
+        (``reference``: the global model's :class:`fedseg.flare.guard.Reference`, or None). The
+        server's update guard calls it after its own checks; FedAvg adds nothing."""
+        return []
+
     def transfer_type(self, job) -> str:
         """``FULL`` weights, or ``DIFF`` (weight differences: the Client API computes them)."""
         return "DIFF" if job.privacy == "percentile" else "FULL"

@@ -6,7 +6,34 @@ differences from the sites), under fedseg's round rules; sites train as in FedAv
 
 from __future__ import annotations
 
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_opt.pt.fedopt_ctl import FedOpt as NVFlareFedOpt
+
 from fedseg.algorithms.base import PRIVACY, Algorithm, Option
+from fedseg.flare.controller import ConsortiumRounds
+
+
+class ConsortiumFedOpt(ConsortiumRounds, NVFlareFedOpt):
+    """NVFlare's FedOpt controller (server optimizer on the averaged update) with fedseg's round rules."""
+
+    # Written into the job even when equal to NVFlare's defaults: the job says which optimizer runs.
+    _always_serialize_args = ("optimizer_args", "lr_scheduler_args")
+
+    def __init__(self, *args, device: str | None = None, **kwargs):
+        super().__init__(*args, device=device, **kwargs)
+        # Kept as given (None: the CPU) rather than as a torch.device: NVFlare's job exporter writes
+        # constructor arguments back from attributes and cannot write a torch.device.
+        self.device = device
+
+    def update_model(self, global_model: FLModel, aggr_result: FLModel) -> FLModel:
+        # The server optimizer steps its own copy of the network; load the current global model into
+        # it first, so a job started from a checkpoint (or resumed) steps from the right weights.
+        import torch
+
+        if self.torch_model is not None and global_model.params:
+            state = {k: torch.as_tensor(v) for k, v in global_model.params.items()}
+            self.torch_model.load_state_dict(state, strict=False)
+        return super().update_model(global_model, aggr_result)
 
 
 class FedOpt(Algorithm):
@@ -21,7 +48,6 @@ class FedOpt(Algorithm):
         return "DIFF"
 
     def controller(self, job, **common):
-        from fedseg.flare.controller import ConsortiumFedOpt
         from fedseg.networks import TaskNetwork
 
         values = self.values(dict(job.algorithm_options))

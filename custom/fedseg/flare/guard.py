@@ -37,7 +37,8 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from fedseg.flare.constants import CTRL_DIFF, WITHHELD
+from fedseg.algorithms import get_algorithm
+from fedseg.flare.constants import WITHHELD
 from fedseg.networks import NORM_LAYERS
 
 _SHOWN = 5  # keys named per problem in the log
@@ -92,20 +93,20 @@ class Reference:
         found = []
         unknown = sorted(set(update) - set(self.variables))
         if unknown:
-            found.append(f"{len(unknown)} variable(s) the global model does not have: {_names(unknown)}")
+            found.append(f"{len(unknown)} variable(s) the global model does not have: {name_list(unknown)}")
         missing = sorted(set(self.variables) - set(update))
         normalization = sorted(k for k in self.variables if re.search(NORM_LAYERS, k))
         if missing and missing != normalization:
-            found.append(f"{len(missing)} variable(s) of the global model missing: {_names(missing)} (only the "
+            found.append(f"{len(missing)} variable(s) of the global model missing: {name_list(missing)} (only the "
                          f"normalization layers, all of them, may be kept at a site)")
         shapes = [f"{k} {list(v.shape)} (expected {list(self.variables[k].shape)})"
                   for k, v in sorted(update.items()) if k in self.variables and v.shape != self.variables[k].shape]
         if shapes:
-            found.append(f"{len(shapes)} variable(s) of another shape: {_names(shapes)}")
+            found.append(f"{len(shapes)} variable(s) of another shape: {name_list(shapes)}")
         dtypes = [f"{k} {v.dtype} (expected {self.variables[k].dtype})" for k, v in sorted(update.items())
                   if k in self.variables and not self._dtype_fits(v, self.variables[k])]
         if dtypes:
-            found.append(f"{len(dtypes)} variable(s) of another type: {_names(dtypes)}")
+            found.append(f"{len(dtypes)} variable(s) of another type: {name_list(dtypes)}")
         return found
 
     def _dtype_fits(self, got: Variable, expected: Variable) -> bool:
@@ -116,7 +117,7 @@ class Reference:
         return got.dtype == expected.dtype
 
 
-def _names(items: list[str]) -> str:
+def name_list(items: list[str]) -> str:
     more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
     return ", ".join(items[:_SHOWN]) + more
 
@@ -135,38 +136,17 @@ def global_reference(fl_ctx: FLContext) -> Reference | None:
     return None
 
 
-def control_problems(controls, reference: Reference | None) -> list[str]:
-    """Why a SCAFFOLD control difference must not be averaged: it is added to the global controls
-    every later round starts from, so one NaN would poison them all. Its keys are a subset of the
-    model's (trainable parameters only), each of the model's shape."""
-    if not isinstance(controls, dict) or not controls:
-        return ["its SCAFFOLD control difference is not a mapping of tensors"]
-    described = {k: describe(v) for k, v in controls.items()}
-    found = [f"SCAFFOLD control {p}" for p in update_problems(controls, None)]
-    if reference is not None:
-        unknown = sorted(k for k in described if k not in reference.variables)
-        if unknown:
-            found.append(f"{len(unknown)} SCAFFOLD control(s) for variables the global model does not have: "
-                         f"{_names(unknown)}")
-        shapes = [f"{k} {list(v.shape)} (expected {list(reference.variables[k].shape)})"
-                  for k, v in sorted(described.items())
-                  if v is not None and k in reference.variables and v.shape != reference.variables[k].shape]
-        if shapes:
-            found.append(f"{len(shapes)} SCAFFOLD control(s) of another shape: {_names(shapes)}")
-    return found
-
-
 def update_problems(data: dict, reference: Reference | None) -> list[str]:
     """Why an update must not be averaged (empty: it may be)."""
     described = {k: describe(v) for k, v in data.items()}
     not_numbers = sorted(f"{k} ({type(data[k]).__name__})" for k, v in described.items()
                          if v is None or v.kind not in ("float", "int", "bool"))
     if not_numbers:
-        return [f"{len(not_numbers)} value(s) are not tensors or arrays of real numbers: {_names(not_numbers)}"]
+        return [f"{len(not_numbers)} value(s) are not tensors or arrays of real numbers: {name_list(not_numbers)}"]
     found = []
     non_finite = sorted(k for k, v in data.items() if not is_finite(v))
     if non_finite:
-        found.append(f"{len(non_finite)} tensor(s) hold NaN or infinite values: {_names(non_finite)}")
+        found.append(f"{len(non_finite)} tensor(s) hold NaN or infinite values: {name_list(non_finite)}")
     if reference is not None:
         found += reference.problems(described)
     return found
@@ -178,8 +158,9 @@ class UpdateGuard(DXOFilter):
     Install it on the server for the ``train`` task only (cross-site validation results are metrics).
     """
 
-    def __init__(self):
+    def __init__(self, algorithm: str = "fedavg"):
         super().__init__(supported_data_kinds=[], data_kinds_to_filter=[])
+        self.algorithm = algorithm  # its own checks of what else an update carries (SCAFFOLD's controls)
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
         peer = fl_ctx.get_peer_context()
@@ -196,9 +177,7 @@ class UpdateGuard(DXOFilter):
         data = dxo.data if isinstance(dxo.data, dict) else {}
         reference = global_reference(fl_ctx)
         problems = update_problems(data, reference)
-        controls = dxo.get_meta_prop(CTRL_DIFF)
-        if controls is not None:
-            problems += control_problems(controls, reference)
+        problems += get_algorithm(self.algorithm).update_problems(dxo.meta or {}, reference)
         if problems:
             self.log_warning(fl_ctx, f"fedseg: update from {site} in round {current_round} excluded from the "
                                      f"average: " + "; ".join(problems))

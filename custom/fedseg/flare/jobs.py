@@ -288,7 +288,7 @@ def build_recipe(job: JobSpec, client_script: str | None = None, initial_ckpt: s
     # Sites stream loss, learning rate and per-class Dice; the server writes them (TensorBoard or MLflow).
     add_experiment_tracking(recipe, job.tracking)
     set_recipe_meta(recipe, JobMetaKey.RESOURCE_SPEC, job.resource_spec)
-    recipe.add_server_input_filter(UpdateGuard(), tasks=["train"])
+    recipe.add_server_input_filter(UpdateGuard(algorithm=job.algorithm), tasks=["train"])
     if job.privacy == "exclude":
         # Named one by one (ExcludeVars' regex form cannot be exported), which also makes the job an
         # auditable list of what never leaves a site.
