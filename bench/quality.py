@@ -43,6 +43,12 @@ class Method:
     algorithm: str = "fedavg"
     options: tuple[tuple[str, float], ...] = ()
     local_epochs: int | None = None  # federated: epochs per round (None: the plan's)
+    recipe: tuple[tuple[str, str], ...] = ()  # recipe levers (fedseg.tasks.spec.LEVERS), e.g. augment=scanner
+
+    def spec(self, plan: "Plan"):
+        from fedseg.tasks import get_task
+
+        return get_task(plan.task, plan.variant, levers=dict(self.recipe) or None)
 
 
 SPLITS = {
@@ -61,6 +67,12 @@ METHODS = {m.name: m for m in (
     Method("scaffold", algorithm="scaffold"),
     Method("ditto", algorithm="ditto"),
     Method("fedavg_1epoch", local_epochs=1),
+    # Data-side levers (issue 16, item 2): scanner-range intensity augmentation, instance norm (FedBN-like:
+    # no running statistics to average), each for FedAvg and for the pooled baseline.
+    Method("fedavg_augscanner", recipe=(("augment", "scanner"),)),
+    Method("centralized_augscanner", "centralized", recipe=(("augment", "scanner"),)),
+    Method("fedavg_instancenorm", recipe=(("norm", "instance"),)),
+    Method("centralized_instancenorm", "centralized", recipe=(("norm", "instance"),)),
 )}
 
 
@@ -128,15 +140,16 @@ def _prepare_split(plan: Plan, split: Split, root: Path) -> tuple[Path, dict[str
     return data_root, configs
 
 
-def _initial_model(plan: Plan, seed: int, root: Path) -> Path:
-    """The seeded network every method of this seed starts from."""
+def _initial_model(plan: Plan, seed: int, root: Path, method: Method) -> Path:
+    """The seeded network every method of this seed starts from (one per network structure)."""
     from fedseg.checkpoint import save_model
     from fedseg.engine import Runtime, SegmentationEngine
-    from fedseg.tasks import get_task
+    from fedseg.tasks.spec import NETWORK_LEVERS
 
-    path = root / f"initial_seed{seed}.pt"
+    shape = "".join(f"_{k}-{v}" for k, v in method.recipe if k in NETWORK_LEVERS)
+    path = root / f"initial_seed{seed}{shape}.pt"
     if not path.is_file():
-        spec = get_task(plan.task, plan.variant)
+        spec = method.spec(plan)
         engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=plan.threads), seed=seed)
         save_model(path, engine.get_weights(), spec, seed=seed)
     return path
@@ -147,9 +160,8 @@ def _train(plan: Plan, method: Method, seed: int, data_root: Path, configs: dict
            out: Path) -> Path:
     """Train one method for one seed; return its final model file (reused if the run is already there)."""
     from fedseg.checkpoint import load_initial_model
-    from fedseg.tasks import get_task
 
-    spec = get_task(plan.task, plan.variant)
+    spec = method.spec(plan)
     if method.kind == "centralized":
         final = out / "final_model.pt"
         if not final.is_file():
@@ -167,7 +179,8 @@ def _train(plan: Plan, method: Method, seed: int, data_root: Path, configs: dict
 
     local_epochs = method.local_epochs or plan.local_epochs
     job = JobSpec(plan.task, algorithm=method.algorithm, variant=plan.variant, num_rounds=plan.epochs // local_epochs,
-                  local_epochs=local_epochs, min_clients=len(configs), seed=seed, algorithm_options=method.options)
+                  local_epochs=local_epochs, min_clients=len(configs), seed=seed, algorithm_options=method.options,
+                  recipe=method.recipe)
     final = out / "workspace" / job.name / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
     if not final.is_file():
         simulate(job, n_sites=len(configs), data_dir=data_root, run_dir=out, cases=0, seed=seed,
@@ -185,14 +198,14 @@ def _case_means(per_class: dict[str, list]) -> list[float | None]:
     return out
 
 
-def _score(plan: Plan, model: Path, configs: dict[str, Path], seed: int) -> dict[str, list[float | None]]:
+def _score(plan: Plan, method: Method, model: Path, configs: dict[str, Path],
+           seed: int) -> dict[str, list[float | None]]:
     from fedseg.engine import Runtime
     from fedseg.site_config import load_site_config
     from fedseg.site_data import open_site_data
     from fedseg.site_eval import score_cases
-    from fedseg.tasks import get_task
 
-    spec = get_task(plan.task, plan.variant)
+    spec = method.spec(plan)
     data = [open_site_data(spec, load_site_config(p)) for p in configs.values()]
     per_case = score_cases(spec, {"m": model}, data, Runtime.create("cpu", num_threads=plan.threads), seed=seed)["m"]
     return {site: _case_means(classes) for site, classes in per_case.items()}
@@ -208,16 +221,16 @@ def run_plan(plan: Plan, work: Path) -> dict:
         data_root, configs = _prepare_split(plan, split, root)
         scores[split_name] = {}
         for seed in plan.seeds:
-            init = _initial_model(plan, seed, root)
             for name in plan.methods:
                 method = METHODS[name]
+                init = _initial_model(plan, seed, root, method)
                 cached = root / name / f"seed{seed}" / "scores.json"
                 if cached.is_file():
                     by_site = json.loads(cached.read_text())
                 else:
                     log.warning("quality: %s, seed %d, %s", split_name, seed, name)
                     model = _train(plan, method, seed, data_root, configs, init, root / name / f"seed{seed}")
-                    by_site = _score(plan, model, configs, seed)
+                    by_site = _score(plan, method, model, configs, seed)
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     cached.write_text(json.dumps(by_site))
                 scores[split_name].setdefault(name, {})[seed] = by_site

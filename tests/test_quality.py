@@ -91,3 +91,18 @@ def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp
     # A second call reuses every finished run (scores are cached per split, method and seed).
     again = run_plan(plan, tmp_path)
     assert again["scores"] == result["scores"]
+
+
+def test_a_lever_that_changes_the_network_gets_its_own_seeded_start(tmp_path):
+    from bench.quality import METHODS, Plan, _initial_model
+    from fedseg.checkpoint import load_initial_model
+
+    plan = Plan(seeds=(0,))
+    card = _initial_model(plan, 0, tmp_path, METHODS["fedavg"])
+    assert _initial_model(plan, 0, tmp_path, METHODS["fedavg_augscanner"]) == card  # same network, same start
+    instance = _initial_model(plan, 0, tmp_path, METHODS["fedavg_instancenorm"])
+    assert instance != card
+    weights = load_initial_model(instance, METHODS["centralized_instancenorm"].spec(plan))
+    assert not any("running_mean" in k for k in weights)
+    with pytest.raises(Exception, match=instance.name):  # the card's batch-norm network does not take it
+        load_initial_model(instance, METHODS["fedavg"].spec(plan))
