@@ -44,7 +44,20 @@ def test_every_problem_is_reported_with_site_key_and_allowed_values(tmp_path):
 def test_missing_required_keys_and_dataset_paths(tmp_path):
     with pytest.raises(ConfigError, match="missing required key 'site'") as err:
         load_site_config(_write(tmp_path, "datasets:\n  spleen:\n    data_root: x\n"))
-    assert "datasets.spleen: 'datalist' must be a path" in str(err.value)
+    assert "datasets.spleen: missing required key 'datalist' (a path relative to this file)" in str(err.value)
+
+
+def test_nested_keys_and_strict_types_are_checked(tmp_path):
+    bad = GOOD.replace("num_workers: 2", "num_workers: true") + "ray:\n  workers: 0\n  bogus: 1\n"
+    bad = bad.replace("datasets:\n", "datasets:\n  liver: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_site_config(_write(tmp_path, bad))
+    msg = str(err.value)
+    assert "4 problem(s)" in msg
+    assert "'num_workers' must be a whole number from 0 to 64, got True" in msg  # a bool is not a count
+    assert "ray: 'workers' must be a whole number >= 1, got 0" in msg
+    assert "ray: unknown key 'bogus'; allowed keys: workers, gpus_per_worker, address, round_timeout_s" in msg
+    assert "datasets.liver: must be a mapping with data_root and datalist, got 3" in msg
 
 
 def test_task_not_configured_names_what_the_site_has(tmp_path):

@@ -23,18 +23,19 @@ Example (``site_configs/site-1.yaml``)::
         max_voxels: 268435456                     # optional: largest volume (default: the task's limit)
 
 Relative paths resolve against the YAML file's folder. The file is read with a safe loader and
-validated on load; every problem is reported at once, naming the site, the key and what is allowed.
+validated on load against a pydantic schema (strict: ``"2"`` is not a number, ``true`` not a count);
+every problem is reported at once, naming the site, the key and what is allowed.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedseg.backends import backend_names
 from fedseg.errors import ConfigError
@@ -44,8 +45,54 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 ENV_DIR = "FEDSEG_SITE_CONFIG_DIR"
 KIT_FILE = Path("local") / "fedseg_site.yaml"
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Schema(BaseModel):
+    # strict: YAML's `yes` or "2" is not silently a bool or an int; every field says what it allows
+    # in its description, which is what the error messages quote.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RaySettings(_Schema):
+    """How a site with ``backend: ray`` reaches its Ray cluster."""
+
+    workers: int = Field(2, ge=1, le=1024, description="a whole number >= 1")
+    gpus_per_worker: float = Field(0.0, ge=0, le=16, description="a number from 0 to 16")
+    address: str | None = Field(None, min_length=1, description="'auto', 'ray://host:port' or omitted")
+    # The longest one FL round's fit() may take before the site stops its Ray and withholds the round.
+    round_timeout_s: float = Field(4 * 3600.0, ge=1, le=7 * 24 * 3600, description="seconds from 1 to 604800")
+
+
+class _DatasetEntry(_Schema):
+    data_root: str = Field(min_length=1, description="a path relative to this file")
+    datalist: str = Field(min_length=1, description="a path relative to this file")
+    max_voxels: int | None = Field(None, ge=1, description="a whole number of voxels >= 1")
+
+
+class _SiteFile(_Schema):
+    site: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="a site name of letters, digits, '-', '_', '.'")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="one of auto, cpu, cuda, cuda:N")
+    precision: Literal[PRECISIONS] = Field("auto", description="one of " + ", ".join(PRECISIONS))
+    num_threads: int | None = Field(None, ge=1, description="a whole number >= 1 (or omit it)")
+    cache_rate: float = Field(1.0, ge=0, le=1, description="a number from 0 to 1")
+    num_workers: int = Field(0, ge=0, le=64, description="a whole number from 0 to 64")
+    backend: str = Field("local", description="one of " + ", ".join(backend_names()))
+    ray: RaySettings = Field(default_factory=RaySettings,
+                             description="a mapping with workers, gpus_per_worker, address, round_timeout_s")
+    cache_dir: str | None = Field(None, min_length=1,
+                                  description="a folder path (relative to this file) for derived data")
+    datasets: dict[str, _DatasetEntry] = Field(
+        min_length=1, description="a non-empty mapping of task name to data_root and datalist")
+    training_only: bool = Field(False, description="true or false")
+    symlinks_outside_root: Literal["refuse", "warn"] = Field("refuse", description="'refuse' or 'warn'")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in backend_names():
+            raise ValueError("unknown backend")
+        return value
 
 
 @dataclass(frozen=True)
@@ -58,18 +105,9 @@ class TaskData:
 
 
 @dataclass(frozen=True)
-class RaySettings:
-    """How a site with ``backend: ray`` reaches its Ray cluster."""
-
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    address: str | None = None
-    # The longest one FL round's fit() may take before the site stops its Ray and withholds the round.
-    round_timeout_s: float = 4 * 3600.0
-
-
-@dataclass(frozen=True)
 class SiteConfig:
+    """A validated site YAML, with its paths resolved against the file's folder."""
+
     site: str
     path: Path
     datasets: dict[str, TaskData]
@@ -79,7 +117,7 @@ class SiteConfig:
     cache_rate: float = 1.0
     num_workers: int = 0
     backend: str = "local"
-    ray: RaySettings = field(default_factory=RaySettings)
+    ray: RaySettings = RaySettings()
     cache_dir: Path | None = None
     training_only: bool = False
     symlinks_outside_root: str = "refuse"
@@ -99,48 +137,24 @@ class SiteConfig:
             ) from None
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# key -> (check, what is allowed); "site" and "datasets" are required.
-_TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "site": (lambda v: isinstance(v, str) and bool(_SITE_NAME.match(v)), "a site name of letters, digits, '-', '_', '.'"),
-    "device": (lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "one of auto, cpu, cuda, cuda:N"),
-    "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
-    "num_threads": (lambda v: v is None or (_is_int(v) and v >= 1), "a whole number >= 1 (or omit it)"),
-    "cache_rate": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number from 0 to 1"),
-    "num_workers": (lambda v: _is_int(v) and 0 <= v <= 64, "a whole number from 0 to 64"),
-    "backend": (lambda v: v in backend_names(), "one of " + ", ".join(backend_names())),
-    "ray": (lambda v: isinstance(v, dict), "a mapping with workers, gpus_per_worker, address, round_timeout_s"),
-    "cache_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path (relative to this file) for derived data"),
-    "datasets": (lambda v: isinstance(v, dict) and bool(v), "a non-empty mapping of task name to data_root and datalist"),
-    "training_only": (lambda v: isinstance(v, bool), "true or false"),
-    "symlinks_outside_root": (lambda v: v in ("refuse", "warn"), "'refuse' or 'warn'"),
-}
-_RAY: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "workers": (lambda v: _is_int(v) and 1 <= v <= 1024, "a whole number >= 1"),
-    "gpus_per_worker": (lambda v: _is_number(v) and 0 <= v <= 16, "a number from 0 to 16"),
-    "address": (lambda v: v is None or (isinstance(v, str) and bool(v)), "'auto', 'ray://host:port' or omitted"),
-    "round_timeout_s": (lambda v: _is_number(v) and 1 <= v <= 7 * 24 * 3600, "seconds from 1 to 604800"),
-}
-_DATASET_KEYS = ("data_root", "datalist")
-_DATASET_OPTIONAL: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "max_voxels": (lambda v: _is_int(v) and v >= 1, "a whole number of voxels >= 1"),
-}
-
-
-def _check_keys(raw: dict, allowed: dict, where: str, errors: list[str]) -> None:
-    for key in raw:
-        if key not in allowed:
-            errors.append(f"{where}unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-    for key, value in raw.items():
-        if key in allowed and not allowed[key][0](value):
-            errors.append(f"{where}{key!r} must be {allowed[key][1]}, got {value!r}")
+def _problem(error: dict) -> str:
+    """One pydantic error as fedseg says it: where, the key, what is allowed, what was given."""
+    loc = [str(part) for part in error["loc"]]
+    model: type[BaseModel] = _SiteFile
+    where = ""
+    if loc[:1] == ["ray"] and len(loc) > 1:
+        model, where, loc = RaySettings, "ray: ", loc[1:]
+    elif loc[:1] == ["datasets"] and len(loc) > 1:
+        model, where, loc = _DatasetEntry, f"datasets.{loc[1]}: ", loc[2:]
+        if not loc:
+            return f"{where}must be a mapping with data_root and datalist, got {error['input']!r}"[:300]
+    key = loc[0]
+    if error["type"] == "extra_forbidden":
+        return f"{where}unknown key {key!r}; allowed keys: {', '.join(model.model_fields)}"
+    allowed = model.model_fields[key].description
+    if error["type"] == "missing":
+        return f"{where}missing required key {key!r} ({allowed})"
+    return f"{where}{key!r} must be {allowed}, got {error['input']!r}"[:300]
 
 
 def load_site_config(path: Path) -> SiteConfig:
@@ -158,52 +172,21 @@ def load_site_config(path: Path) -> SiteConfig:
         raise ConfigError(f"site config {path} must be a YAML mapping of keys to values")
     site = raw.get("site")
     label = f"site {site!r} ({path})" if isinstance(site, str) else f"site config {path}"
-    errors: list[str] = []
-    for required in ("site", "datasets"):
-        if required not in raw:
-            errors.append(f"missing required key {required!r}")
-    _check_keys(raw, _TOP, "", errors)
-    ray_raw = raw.get("ray") or {}
-    if isinstance(ray_raw, dict):
-        _check_keys(ray_raw, _RAY, "ray: ", errors)
-    datasets: dict[str, TaskData] = {}
-    if isinstance(raw.get("datasets"), dict):
-        for task, entry in raw["datasets"].items():
-            where = f"datasets.{task}: "
-            if not isinstance(entry, dict):
-                errors.append(f"{where}must be a mapping with {' and '.join(_DATASET_KEYS)}")
-                continue
-            for key in entry:
-                if key not in _DATASET_KEYS and key not in _DATASET_OPTIONAL:
-                    errors.append(f"{where}unknown key {key!r}; allowed keys: "
-                                  f"{', '.join((*_DATASET_KEYS, *_DATASET_OPTIONAL))}")
-                elif key in _DATASET_OPTIONAL and not _DATASET_OPTIONAL[key][0](entry[key]):
-                    errors.append(f"{where}{key!r} must be {_DATASET_OPTIONAL[key][1]}, got {entry[key]!r}")
-            for key in _DATASET_KEYS:
-                if not isinstance(entry.get(key), str) or not entry.get(key):
-                    errors.append(f"{where}{key!r} must be a path (relative to {path.parent})")
-            if not any(e.startswith(where) for e in errors):
-                base = path.parent
-                datasets[str(task)] = TaskData(
-                    data_root=(base / entry["data_root"]).resolve(), datalist=(base / entry["datalist"]).resolve(),
-                    max_voxels=entry.get("max_voxels"),
-                )
-    if errors:
-        raise ConfigError(f"{label} has {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
+    try:
+        parsed = _SiteFile.model_validate(raw)
+    except ValidationError as exc:
+        # One problem per key: a union type (int or None) reports each of its members.
+        errors = list(dict.fromkeys(_problem(e) for e in exc.errors()))
+        raise ConfigError(f"{label} has {len(errors)} problem(s):\n  - " + "\n  - ".join(errors)) from None
+    base = path.parent
     return SiteConfig(
-        site=raw["site"],
-        path=path.resolve(),
-        datasets=datasets,
-        device=raw.get("device", "auto"),
-        precision=raw.get("precision", "auto"),
-        num_threads=raw.get("num_threads"),
-        cache_rate=float(raw.get("cache_rate", 1.0)),
-        num_workers=int(raw.get("num_workers", 0)),
-        backend=raw.get("backend", "local"),
-        ray=RaySettings(**ray_raw) if isinstance(ray_raw, dict) else RaySettings(),
-        cache_dir=(path.parent / raw["cache_dir"]).resolve() if raw.get("cache_dir") else None,
-        training_only=raw.get("training_only", False),
-        symlinks_outside_root=raw.get("symlinks_outside_root", "refuse"),
+        site=parsed.site, path=path.resolve(),
+        datasets={task: TaskData((base / d.data_root).resolve(), (base / d.datalist).resolve(), d.max_voxels)
+                  for task, d in parsed.datasets.items()},
+        device=parsed.device, precision=parsed.precision, num_threads=parsed.num_threads,
+        cache_rate=float(parsed.cache_rate), num_workers=parsed.num_workers, backend=parsed.backend, ray=parsed.ray,
+        cache_dir=(base / parsed.cache_dir).resolve() if parsed.cache_dir else None,
+        training_only=parsed.training_only, symlinks_outside_root=parsed.symlinks_outside_root,
     )
 
 
