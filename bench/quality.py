@@ -142,17 +142,11 @@ def _prepare_split(plan: Plan, split: Split, root: Path) -> tuple[Path, dict[str
 
 def _initial_model(plan: Plan, seed: int, root: Path, method: Method) -> Path:
     """The seeded network every method of this seed starts from (one per network structure)."""
-    from fedseg.checkpoint import save_model
-    from fedseg.engine import Runtime, SegmentationEngine
+    from fedseg.checkpoint import save_seeded_model
     from fedseg.tasks.spec import NETWORK_LEVERS
 
     shape = "".join(f"_{k}-{v}" for k, v in method.recipe if k in NETWORK_LEVERS)
-    path = root / f"initial_seed{seed}{shape}.pt"
-    if not path.is_file():
-        spec = method.spec(plan)
-        engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=plan.threads), seed=seed)
-        save_model(path, engine.get_weights(), spec, seed=seed)
-    return path
+    return save_seeded_model(root / f"initial_seed{seed}{shape}.pt", method.spec(plan), seed)
 
 
 # Runs -------------------------------------------------------------------------------------------

@@ -37,6 +37,18 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL = 0x80
 
 
+def save_seeded_model(path: Path, spec: TaskSpec, seed: int) -> Path:
+    """The network ``spec`` builds from ``seed``, saved once at ``path``: the one start every method or
+    trial of that seed shares (the FL server's persistor loads it as the initial global model)."""
+    path = Path(path)
+    if not path.is_file():
+        from fedseg.engine import Runtime, SegmentationEngine  # the engine saves models: imported late
+
+        engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=1), seed=seed)
+        save_model(path, engine.get_weights(), spec, seed=seed)
+    return path
+
+
 def sniff_model_file(path: Path) -> str | None:
     """Why ``path`` is not a PyTorch model file, judged from its first bytes; None when it may be one.
 

@@ -109,13 +109,14 @@ def stop_group(pgid: int, grace: float = 10.0) -> None:
 
 def run_bounded(cmd: list[str], *, env: dict[str, str], log_path: Path, idle_timeout: float, total_timeout: float,
                 show: Callable[[str], bool] = lambda line: False, on_start: Callable[[int], None] | None = None,
-                cwd: Path | None = None, done_line: str | None = None, exit_grace: float = 60.0) -> Finished:
+                cwd: Path | None = None, done_line: str | None = None, exit_grace: float = 60.0,
+                stop: threading.Event | None = None) -> Finished:
     """Run ``cmd`` in its own session, copying its output to ``log_path`` (and the lines ``show`` picks to stdout).
 
     The run is stopped (and ``stopped_because`` says why) when it prints nothing for ``idle_timeout``
     seconds, runs longer than ``total_timeout``, or has not exited ``exit_grace`` seconds after
-    printing a line containing ``done_line`` (its work is over; a hung worker must not hold the run).
-    Whatever the outcome, every process left in its tree is stopped before returning: a child that
+    printing a line containing ``done_line`` (its work is over; a hung worker must not hold the run),
+    or when another thread sets ``stop`` (a Tune trial that was ended early). Whatever the outcome, every process left in its tree is stopped before returning: a child that
     outlives the command never outlives the run.
     """
     start = time.monotonic()
@@ -150,7 +151,9 @@ def run_bounded(cmd: list[str], *, env: dict[str, str], log_path: Path, idle_tim
                     log.flush()
                     if show(line):
                         print(line.rstrip(), flush=True)
-                if done_at is not None and now - done_at > exit_grace:
+                if stop is not None and stop.is_set():
+                    stopped = "stopped on request"
+                elif done_at is not None and now - done_at > exit_grace:
                     stopped = f"did not exit within {exit_grace:.0f} s after its work ended"
                 elif now - last_output > idle_timeout:
                     stopped = f"no output for {idle_timeout:.0f} s"

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,10 +57,11 @@ class SimulationResult:
 
 def prepare_sites(task: str, data_dir: Path, n_sites: int, run_dir: Path, *, cases: int, seed: int,
                   shares: list[float] | None = None, num_threads: int = 1,
-                  backends: dict[str, str] | None = None) -> Path:
+                  backends: dict[str, str] | None = None, splits_dir: Path | None = None) -> Path:
     """Make sure the dataset exists, split it and write one YAML per site; return the YAML folder.
 
-    ``backends`` names the sites that train elsewhere than in process (e.g. ``{"site-1": "ray"}``).
+    ``backends`` names the sites that train elsewhere than in process (e.g. ``{"site-1": "ray"}``);
+    the datalists go to ``splits_dir`` (default: ``data_dir/splits``).
     """
     from fedseg.backends import backend_names
 
@@ -73,7 +75,7 @@ def prepare_sites(task: str, data_dir: Path, n_sites: int, run_dir: Path, *, cas
     if not (data_dir / "dataset.json").is_file():
         log.info("synthesizing %d %s phantoms into %s", cases, task, data_dir)
         synthesize(task, data_dir, cases, seed=seed, workers=min(2, os.cpu_count() or 1))
-    splits = split_dataset(data_dir, n_sites, data_dir / "splits", seed=seed, shares=shares)
+    splits = split_dataset(data_dir, n_sites, splits_dir or data_dir / "splits", seed=seed, shares=shares)
     config_dir = Path(run_dir) / "site_configs"
     for k in range(1, n_sites + 1):
         site = f"site-{k}"
@@ -98,7 +100,8 @@ def job_bounds(job: JobSpec) -> tuple[float, float]:
 
 
 def _bounded_simulator(cmd: list[str], workspace: Path, *, site_config_dir: Path | None, log_path: Path,
-                       bounds: tuple[float, float], cwd: Path | None = None) -> float:
+                       bounds: tuple[float, float], cwd: Path | None = None,
+                       stop: threading.Event | None = None) -> float:
     """Run a simulator command under :func:`fedseg.procs.run_bounded`; return its wall time.
 
     Raises :class:`FedsegError` when it was stopped, or when it failed without leaving cross-site results.
@@ -112,7 +115,7 @@ def _bounded_simulator(cmd: list[str], workspace: Path, *, site_config_dir: Path
     # "End the Simulator run." is NVFlare's last word once the job is over; a hung client worker
     # (a site cut off mid-task) can keep the simulator from exiting, so it gets a minute, not forever.
     done = run_bounded(cmd, env=env, log_path=log_path, idle_timeout=idle, total_timeout=total, show=_worth_showing,
-                       done_line="End the Simulator run", cwd=cwd)
+                       done_line="End the Simulator run", cwd=cwd, stop=stop)
     finished = bool(list(Path(workspace).glob("server/*/cross_site_val/cross_val_results.json")))
     if done.stopped_because and not finished:
         raise FedsegError(f"nvflare simulator stopped by fedseg: {done.stopped_because}; see {log_path}")
@@ -125,11 +128,13 @@ def _bounded_simulator(cmd: list[str], workspace: Path, *, site_config_dir: Path
 
 
 def run_sim_env(job: JobSpec, workspace_root: Path, n_sites: int, *, job_dir: Path, site_config_dir: Path | None,
-                log_path: Path, client_script: Path | None = None, initial_weights: Path | None = None) -> Path:
+                log_path: Path, client_script: Path | None = None, initial_weights: Path | None = None,
+                stop: threading.Event | None = None) -> Path:
     """Run ``job`` through ``recipe.execute(SimEnv(...))`` in a bounded child process; return the workspace.
 
     The workspace is ``workspace_root/<job.name>`` (SimEnv's layout). ``job_dir`` (the same job,
-    exported) says which classes the simulated sites must allow.
+    exported) says which classes the simulated sites must allow. Setting ``stop`` (from another
+    thread) stops the simulator and every process it started.
     """
     workspace = Path(workspace_root).resolve() / job.name
     if workspace.exists():
@@ -144,7 +149,7 @@ def run_sim_env(job: JobSpec, workspace_root: Path, n_sites: int, *, job_dir: Pa
         "initial_weights": str(Path(initial_weights).resolve()) if initial_weights else None}, indent=2))
     cmd = [sys.executable, "-m", "fedseg.flare.sim_child", str(run_file)]
     seconds = _bounded_simulator(cmd, workspace, site_config_dir=site_config_dir, log_path=log_path,
-                                 bounds=job_bounds(job))
+                                 bounds=job_bounds(job), stop=stop)
     log.info("fedseg: simulator finished in %.0f s", seconds)
     return workspace
 
@@ -204,14 +209,14 @@ def summarize(workspace: Path, class_names: tuple[str, ...]) -> tuple[JobResults
 def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases: int, seed: int = 0,
              client_script: Path | None = None, shares: list[float] | None = None,
              initial_weights: Path | None = None, site_backends: dict[str, str] | None = None,
-             site_configs: dict[str, Path] | None = None) -> SimulationResult:
+             site_configs: dict[str, Path] | None = None, stop: threading.Event | None = None) -> SimulationResult:
     """The whole demo: data, split, site YAMLs, job, simulator, results table and ``results.json``.
 
     ``initial_weights`` (a model file or MONAI bundle that fits the task) is the starting global model;
     ``client_script`` replaces the installed fedseg client (tests ship fault injectors);
     ``site_backends`` (e.g. ``{"site-1": "ray"}``) lets sites train elsewhere than in process.
     ``site_configs`` (``{"site-1": YAML, ...}``, all in one folder) are used as they are instead of
-    splitting ``data_dir`` IID (e.g. a scanner split's sites).
+    splitting ``data_dir`` IID (e.g. a scanner split's sites). ``stop``: see :func:`run_sim_env`.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
@@ -230,7 +235,7 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     sim_start = time.perf_counter()
     workspace = run_sim_env(job, run_dir / "workspace", n_sites, job_dir=job_dir, site_config_dir=config_dir,
                             log_path=run_dir / "simulator.log", client_script=client_script,
-                            initial_weights=initial_weights)
+                            initial_weights=initial_weights, stop=stop)
     sim_time = time.perf_counter() - sim_start
     class_names = read_dataset_info(data_dir).foreground_labels
     results, models = summarize(workspace, class_names)
