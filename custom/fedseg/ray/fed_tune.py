@@ -246,14 +246,11 @@ def run_federated_tune(task: str, variant: str, site_configs: dict[str, Path], d
     """Search ``trials`` FL settings of ``epochs`` total epochs each; write and return ``tune_results.json``."""
     from fedseg.algorithms import algorithm_names
     from fedseg.checkpoint import save_seeded_model
+    from fedseg.ray.tune import check_budget
     from fedseg.tasks import get_task
 
     start = time.perf_counter()
-    for name, value, least in (("--trials", trials, 1), ("--epochs", epochs, 2), ("--grace-epochs", grace_epochs, 1)):
-        if value < least:
-            raise ConfigError(f"{name} must be at least {least}, got {value}")
-    if grace_epochs > epochs:
-        raise ConfigError(f"--grace-epochs {grace_epochs} must not exceed --epochs {epochs}")
+    check_budget(trials, epochs, grace_epochs, least_epochs=2)  # two rounds at least: one to report mid-way
     unknown = sorted(set(algorithms) - set(algorithm_names()))
     if unknown or not algorithms:
         raise ConfigError(f"--algorithms: unknown {', '.join(unknown) or '(none given)'}; "

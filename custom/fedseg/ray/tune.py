@@ -92,15 +92,21 @@ def trial(config: dict, *, spec: TaskSpec, class_names: tuple[str, ...], train_i
         tune.report({"val_dice": 0.0, "train_loss": float("nan"), "epoch": current[0], "diverged": 1})
 
 
-def run_tune(spec: TaskSpec, site: SiteConfig, out_dir: Path, *, trials: int, epochs: int, grace_epochs: int = 2,
-             seed: int = 0, address: str | None = None, gpus_per_trial: float = 0.0) -> TuneResult:
-    """Search ``trials`` settings for ``epochs`` epochs at most each; write ``tune_results.json`` to ``out_dir``."""
-    start = time.perf_counter()
-    for name, value, least in (("--trials", trials, 1), ("--epochs", epochs, 1), ("--grace-epochs", grace_epochs, 1)):
+def check_budget(trials: int, epochs: int, grace_epochs: int, *, least_epochs: int = 1) -> None:
+    """Refuse a search budget that cannot run, naming the command-line option."""
+    for name, value, least in (("--trials", trials, 1), ("--epochs", epochs, least_epochs),
+                               ("--grace-epochs", grace_epochs, 1)):
         if value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
     if grace_epochs > epochs:
         raise ConfigError(f"--grace-epochs {grace_epochs} must not exceed --epochs {epochs}")
+
+
+def run_tune(spec: TaskSpec, site: SiteConfig, out_dir: Path, *, trials: int, epochs: int, grace_epochs: int = 2,
+             seed: int = 0, address: str | None = None, gpus_per_trial: float = 0.0) -> TuneResult:
+    """Search ``trials`` settings for ``epochs`` epochs at most each; write ``tune_results.json`` to ``out_dir``."""
+    start = time.perf_counter()
+    check_budget(trials, epochs, grace_epochs)
     data = open_site_data(spec, site)
     train_items, val_items = data.items("training"), data.items("validation")
     if not val_items:
