@@ -8,8 +8,8 @@ import pytest
 
 from fedseg.cli import main
 from fedseg.flare.jobs import JobSpec
-from fedseg.ray.fed_tune import (card_config, global_val_dice, local_epoch_choices, round_records, search_space,
-                                 trial_setting)
+from fedseg.flare.results import round_records
+from fedseg.ray.fed_tune import card_config, global_val_dice, local_epoch_choices, search_space, trial_setting
 
 TRIALS, EPOCHS = 2, 4
 
@@ -27,15 +27,16 @@ def test_the_search_space_comes_from_the_algorithm_registry_and_the_card_is_the_
     assert prox["options"] == {"mu": 0.01}
 
 
-def _job_name(ran: dict) -> str:
-    return JobSpec(**ran).name
+def _server_job(run: Path, ran: dict) -> Path:
+    """A trial's server job folder (SimEnv's layout under the trial's run folder)."""
+    return run / "workspace" / JobSpec(**ran).name / "server" / "simulate_job"
 
 
 def first_round_dice(out: Path) -> float:
     """Round 0's global validation Dice (the seeded start) of the first trial that has one."""
     for run in sorted((out / "trials").iterdir()):
         ran = json.loads((run / "run.json").read_text())["job"]
-        records = round_records(run / "workspace" / _job_name(ran))
+        records = round_records(_server_job(run, ran))
         if records:
             return global_val_dice(records[0])
     raise AssertionError("no trial recorded a round")
@@ -60,7 +61,6 @@ def test_federated_tune_runs_simulator_jobs_as_trials_and_leaves_no_process(sple
         assert t["epochs_by_round"] == [le * (k + 1) for k in range(t["rounds"])]
         assert len(t["val_dice_by_round"]) == t["rounds"] >= 1
         assert all(0.0 <= d <= 1.0 for d in t["val_dice_by_round"])
-        assert t["stopped_early"] == (t["epochs"] < EPOCHS)
         # Each trial ran its own NVFlare job, with its setting, from the one seeded start; what it
         # reported for a round is what the server recorded for that round's global model.
         run = Path(t["run_dir"])
@@ -69,8 +69,8 @@ def test_federated_tune_runs_simulator_jobs_as_trials_and_leaves_no_process(sple
         assert (ran["algorithm"], ran["local_epochs"], ran["num_rounds"]) == (t["setting"]["algorithm"], le,
                                                                               EPOCHS // le)
         assert dict(ran["algorithm_options"]) == t["setting"]["options"]
-        assert (run / "job" / _job_name(ran) / "meta.json").is_file()
-        recorded = {r["round"]: global_val_dice(r) for r in round_records(run / "workspace" / _job_name(ran))}
+        assert (run / "job" / JobSpec(**ran).name / "meta.json").is_file()
+        recorded = {r["round"]: global_val_dice(r) for r in round_records(_server_job(run, ran))}
         assert recorded[0] == pytest.approx(first_round_dice(out)), "every trial started from the same model"
         for k, dice in enumerate(t["val_dice_by_round"][: ran["num_rounds"] - 1], start=1):
             assert dice == pytest.approx(recorded[k], abs=1e-4)

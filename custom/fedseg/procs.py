@@ -116,8 +116,9 @@ def run_bounded(cmd: list[str], *, env: dict[str, str], log_path: Path, idle_tim
     The run is stopped (and ``stopped_because`` says why) when it prints nothing for ``idle_timeout``
     seconds, runs longer than ``total_timeout``, or has not exited ``exit_grace`` seconds after
     printing a line containing ``done_line`` (its work is over; a hung worker must not hold the run),
-    or when another thread sets ``stop`` (a Tune trial that was ended early). Whatever the outcome, every process left in its tree is stopped before returning: a child that
-    outlives the command never outlives the run.
+    or when another thread sets ``stop`` (a Tune trial that was ended early). Whatever the outcome,
+    every process left in its tree is stopped before returning: a child that outlives the command
+    never outlives the run.
     """
     start = time.monotonic()
     lines: queue.Queue = queue.Queue()

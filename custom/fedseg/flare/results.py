@@ -118,13 +118,30 @@ def find_server_job_dir(path: Path) -> Path:
     raise FedsegError(f"{path}: no finished job found (looked for cross_site_val/cross_val_results.json)")
 
 
+def round_records(job_dir: Path, *, running: bool = False) -> list[dict]:
+    """The server's per-round metric records (NVFlare's ``MetricsArtifactWriter``) in a server job folder.
+
+    ``running``: the job is still going, so a last line that does not parse is one being written and
+    is left out; for a finished job such a line is an error.
+    """
+    path = Path(job_dir) / "metrics" / "round_metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in (line for line in path.read_text().splitlines() if line.strip()):
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if not running:
+                raise
+            break
+    return out
+
+
 def read_job_results(path: Path) -> JobResults:
     job_dir = find_server_job_dir(path)
     cross = json.loads((job_dir / "cross_site_val" / "cross_val_results.json").read_text())
-    rounds = []
-    rounds_file = job_dir / "metrics" / "round_metrics.jsonl"
-    if rounds_file.is_file():
-        rounds = [json.loads(line) for line in rounds_file.read_text().splitlines() if line.strip()]
+    rounds = round_records(job_dir)
     best = None
     summary = job_dir / "metrics" / "metrics_summary.json"
     if summary.is_file():

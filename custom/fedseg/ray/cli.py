@@ -35,7 +35,6 @@ def cmd_tune(a: argparse.Namespace) -> int:
 def _federated(a: argparse.Namespace) -> int:
     """``fedseg tune --federated``: the sites are given YAMLs, or phantoms split IID over ``--sites``."""
     from fedseg.ray.fed_tune import run_federated_tune, table
-
     from fedseg.site_config import load_site_config
 
     if a.optimizer or a.gpus_per_trial:

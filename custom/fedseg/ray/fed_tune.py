@@ -88,7 +88,7 @@ def _domain(option):
 
 
 def card_config(task: str, algorithms: tuple[str, ...], epochs: int) -> dict:
-    """The committed job's setting: FedAvg, the task's local epochs (or the nearest that fits), the card's augmentation."""
+    """The committed job's setting: FedAvg, the task's local epochs (or the nearest that fits), the card's augment."""
     from fedseg.algorithms import get_algorithm
     from fedseg.tasks import task_schedule
 
@@ -121,20 +121,6 @@ def trial_job(fed: Federation, setting: dict):
     return JobSpec(fed.task, algorithm=setting["algorithm"], variant=fed.variant, num_rounds=fed.epochs // le,
                    local_epochs=le, min_clients=len(fed.site_configs), seed=fed.seed,
                    algorithm_options=tuple(setting["options"].items()), recipe=(("augment", setting["augment"]),))
-
-
-def round_records(workspace: Path) -> list[dict]:
-    """The server's per-round metric records written so far (NVFlare's MetricsArtifactWriter)."""
-    path = Path(workspace) / "server" / "simulate_job" / "metrics" / "round_metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            break  # a line being written
-    return out
 
 
 def global_val_dice(record: dict) -> float | None:
@@ -172,6 +158,7 @@ def _trainable():
     """The Tune trainable class (built on first use: importing this module does not import ray)."""
     from ray import tune
 
+    from fedseg.flare.results import round_records
     from fedseg.flare.simulate import job_bounds, simulate
 
     class FederatedTrial(tune.Trainable):
@@ -184,7 +171,7 @@ def _trainable():
             self.run_dir = Path(fed.trials_dir) / self.trial_id
             self.workspace = self.run_dir / "workspace" / self.job.name
             self.idle_s, self.total_s = job_bounds(self.job)
-            self.started, self.last_round, self.error, self.finished = time.monotonic(), 0, None, False
+            self.started, self.last_round, self.error = time.monotonic(), 0, None
             self.stop_event = threading.Event()
             self.thread = threading.Thread(target=self._simulate, daemon=True, name="fedseg-trial-simulator")
             self.thread.start()
@@ -205,7 +192,7 @@ def _trainable():
             waited_since = time.monotonic()
             while True:
                 # Round 0's record scores the initial model, the same for every trial: skipped.
-                for record in round_records(self.workspace):
+                for record in round_records(self.workspace / "server" / "simulate_job", running=True):
                     dice = global_val_dice(record)
                     if record.get("round", 0) > self.last_round and dice is not None:
                         self.last_round = record["round"]
@@ -221,7 +208,6 @@ def _trainable():
             model = self.workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
             if self.error is not None and not model.is_file():
                 raise FedsegError(f"trial {self.trial_id}: the job failed: {self.error}") from self.error
-            self.finished = True
             dice = final_val_dice(self.fed, model)
             return {**self._report(dice, self.job.num_rounds), "done": True}
 
@@ -257,9 +243,9 @@ def run_federated_tune(task: str, variant: str, site_configs: dict[str, Path], d
                           f"choose from {', '.join(algorithm_names())}")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    initial = save_seeded_model(out_dir / f"initial_seed{seed}.pt", get_task(task, variant), seed)
     fed = Federation(task, variant, {k: str(Path(v).resolve()) for k, v in sorted(site_configs.items())},
-                     str(Path(data_dir).resolve()), str(save_seeded_model(out_dir / f"initial_seed{seed}.pt", get_task(task, variant), seed)), epochs, seed,
-                     str(out_dir / "trials"))
+                     str(Path(data_dir).resolve()), str(initial), epochs, seed, str(out_dir / "trials"))
     require_ray()
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
