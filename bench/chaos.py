@@ -244,7 +244,7 @@ def run_scenario(fault: Fault, data_dir: Path, work: Path, *, python: str = sys.
         shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("splits"))
         data_dir = copy
     cmd = [python, "-m", "fedseg.cli", "simulate", "--task", "spleen", "--sites", "2", "--data", str(data_dir),
-           "--run-dir", str(run_dir), "--overwrite", "--min-clients", str(fault.min_clients),
+           "--run-dir", str(run_dir), "--overwrite", "--no-report", "--min-clients", str(fault.min_clients),
            *(args or job_args(rounds=fault.rounds))]
     from fedseg.procs import ProcessTree
 

@@ -178,7 +178,7 @@ def _train(plan: Plan, method: Method, seed: int, data_root: Path, configs: dict
     final = out / "workspace" / job.name / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
     if not final.is_file():
         simulate(job, n_sites=len(configs), data_dir=data_root, run_dir=out, cases=0, seed=seed,
-                 initial_weights=init, site_configs=configs)
+                 initial_weights=init, site_configs=configs, report=False)
     return final
 
 

@@ -32,6 +32,10 @@ def _run(name, data, tmp_path):
     outcome = run_scenario(FAULTS[name], data, tmp_path)
     assert outcome.fault_at is not None, outcome.stdout_tail  # the fault really happened
     assert outcome.exit_code is not None, outcome.stdout_tail  # fedseg simulate ended by itself
+    # The scenarios run with --no-report: the results are recorded, the pictures and report.md are not.
+    run_dir = tmp_path / name
+    assert (run_dir / "results.json").is_file() and not (run_dir / "report.md").exists()
+    assert not list(run_dir.glob("*.png")) and "no report (--no-report)" in outcome.stdout_tail
     return outcome
 
 

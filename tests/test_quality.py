@@ -75,19 +75,19 @@ def test_a_plan_is_checked(bad, message):
 
 @pytest.mark.slow
 def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp_path):
-    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg"), seeds=(0, 1), rounds=1, local_epochs=1,
+    # One seed: the bootstrap over seeds is checked above on made-up scores; this checks the real runs.
+    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg"), seeds=(0,), rounds=1, local_epochs=1,
                 train_cases=2, val_cases=1, test_cases=2, resamples=100)
     result = run_plan(plan, tmp_path)
     scores = result["scores"]["scanner2"]
     for method in ("centralized", "fedavg"):
-        for seed in (0, 1):
+        for seed in (0,):
             assert {site: len(v) for site, v in scores[method][seed].items()} == {"site-1": 2, "site-2": 2}
     row = result["summary"]["scanner2"]["fedavg"]
-    assert row["pooled"]["seeds"] == 2 and row["pooled"]["cases"] >= 1
+    assert row["pooled"]["seeds"] == 1 and row["pooled"]["cases"] >= 1
     assert all(math.isfinite(x) for x in row["minus_centralized"]["ci95"])
     # Both methods of a seed started from the one saved initial model.
-    assert sorted(p.name for p in (tmp_path / "scanner2").glob("initial_seed*.pt")) == ["initial_seed0.pt",
-                                                                                      "initial_seed1.pt"]
+    assert sorted(p.name for p in (tmp_path / "scanner2").glob("initial_seed*.pt")) == ["initial_seed0.pt"]
     # A second call reuses every finished run (scores are cached per split, method and seed).
     again = run_plan(plan, tmp_path)
     assert again["scores"] == result["scores"]

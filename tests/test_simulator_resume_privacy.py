@@ -35,7 +35,8 @@ def test_a_stopped_job_restarts_from_its_last_global_model(data, tmp_path, monke
     run = tmp_path / "run"
     job = JobSpec("spleen", num_rounds=4, local_epochs=1)
     monkeypatch.setenv("FEDSEG_TEST_FAULT", "site-2:raise:2")  # both sites needed: the job stops in round 2
-    stopped = simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8, client_script=FAULT_CLIENT)
+    stopped = simulate(job, n_sites=2, data_dir=data, run_dir=run, cases=8, client_script=FAULT_CLIENT,
+                       report=False)
     assert not stopped.results.finished and stopped.results.ended["round"] == 2
     saved = torch.load(stopped.workspace / "server/simulate_job/app_server/FL_global_model.pt", weights_only=True)
     assert saved["meta_props"]["current_round"] == 1
@@ -56,7 +57,7 @@ def test_a_stopped_job_restarts_from_its_last_global_model(data, tmp_path, monke
 
 def test_exclude_keeps_normalization_layers_at_each_site(data, tmp_path):
     job = JobSpec("spleen", num_rounds=2, local_epochs=1, privacy="exclude")
-    result = simulate(job, n_sites=2, data_dir=data, run_dir=tmp_path / "run", cases=8)
+    result = simulate(job, n_sites=2, data_dir=data, run_dir=tmp_path / "run", cases=8, report=False)
     ws = result.workspace
     glob = torch.load(ws / "server/simulate_job/app_server/FL_global_model.pt", weights_only=True)["model"]
     local = [torch.load(ws / f"site-{k}/fedseg/spleen_local_model.pt", weights_only=True)["state_dict"] for k in (1, 2)]
@@ -93,6 +94,9 @@ def test_percentile_privacy_runs_on_weight_differences(percentile_from_pretraine
     job, result, _, run = percentile_from_pretrained
     log = (run / "simulator.log").read_text()
     assert "cutoff" in log  # NVFlare's PercentilePrivacy ran on every update
+    # ... and the server's update guard (in the job) let every site's weight differences into the average.
+    server = (run / "job" / job.name / "app/config/config_fed_server.json").read_text()
+    assert "fedseg.flare.guard.UpdateGuard" in server and "excluded from the average" not in log
     cfg = json.loads((run / "job" / job.name / "app/config/config_fed_client.json").read_text())
     assert cfg["executors"][0]["executor"]["args"].get("params_transfer_type") == "DIFF"
     assert set(result.models["final"]) == {"site-1", "site-2", "pooled"}

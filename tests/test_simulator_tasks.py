@@ -62,7 +62,7 @@ def test_fedprox_and_fedopt_jobs_run_end_to_end_and_tolerate_a_failing_site_alik
         monkeypatch.setenv("FEDSEG_TEST_FAULT", "site-2:raise:1")
         script = FAULT_CLIENT
     result = simulate(job, n_sites=2, data_dir=tmp_path / "data", run_dir=tmp_path / "run", cases=8,
-                      client_script=script)
+                      client_script=script, report=False)
     log = (tmp_path / "run" / "simulator.log").read_text()
     assert ("FedProx's proximal term, mu 0.01" in log) == (algorithm == "fedprox")
     assert result.results.finished and result.best_round is not None  # best-model selection reads val_dice

@@ -427,7 +427,7 @@ def cmd_simulate(a) -> int:
     print(f"run folder: {run_dir}", flush=True)
     result = simulate(job, n_sites=a.sites, data_dir=data_dir, run_dir=run_dir, cases=a.cases, seed=a.seed,
                       initial_weights=Path(a.initial_model) if a.initial_model else None,
-                      site_backends=_site_backends(a.site_backend))
+                      site_backends=_site_backends(a.site_backend), report=not a.no_report)
     return _print_simulation(f"{job.name}: {a.sites} sites, {job.num_rounds} rounds x {job.local_epochs} local "
                              f"epochs ({job.variant} variant)", result, run_dir)
 
@@ -445,7 +445,8 @@ def _print_simulation(title: str, result, run_dir: Path) -> int:
         print(f"ERROR: training stopped before its last round: {result.results.ended.get('message')}")
     print(f"best round: {result.best_round}; wall time {result.wall_time_s:.0f} s "
           f"(simulator {result.simulator_time_s:.0f} s); results in {run_dir / 'results.json'}; "
-          f"report in {run_dir / 'report.md'}; figures: {', '.join(sorted(p.name for p in run_dir.glob('*.png')))}")
+          + (f"report in {run_dir / 'report.md'}; figures: {', '.join(sorted(p.name for p in run_dir.glob('*.png')))}"
+             if (run_dir / "report.md").is_file() else "no report (--no-report)"))
     return 0 if result.results.finished else 1
 
 
@@ -684,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from these weights: a fedseg or NVFlare model file or a MONAI bundle that fits the task")
     p.add_argument("--site-backend", nargs="+", default=None, metavar="SITE=BACKEND",
                    help="sites that train elsewhere than in process, e.g. site-1=ray (its own local Ray, 2 workers)")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the per-case scores, overlay pictures and report.md (results.json is still written)")
     _deadline_args(p)
     p.set_defaults(func=cmd_simulate)
 

@@ -209,7 +209,8 @@ def summarize(workspace: Path, class_names: tuple[str, ...]) -> tuple[JobResults
 def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases: int, seed: int = 0,
              client_script: Path | None = None, shares: list[float] | None = None,
              initial_weights: Path | None = None, site_backends: dict[str, str] | None = None,
-             site_configs: dict[str, Path] | None = None, stop: threading.Event | None = None) -> SimulationResult:
+             site_configs: dict[str, Path] | None = None, stop: threading.Event | None = None,
+             report: bool = True) -> SimulationResult:
     """The whole demo: data, split, site YAMLs, job, simulator, results table and ``results.json``.
 
     ``initial_weights`` (a model file or MONAI bundle that fits the task) is the starting global model;
@@ -217,6 +218,8 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     ``site_backends`` (e.g. ``{"site-1": "ray"}``) lets sites train elsewhere than in process.
     ``site_configs`` (``{"site-1": YAML, ...}``, all in one folder) are used as they are instead of
     splitting ``data_dir`` IID (e.g. a scanner split's sites). ``stop``: see :func:`run_sim_env`.
+    ``report=False`` skips what only a person reads (per-case scores, overlay pictures, ``report.md``);
+    ``results.json`` is written either way.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
@@ -240,11 +243,11 @@ def simulate(job: JobSpec, *, n_sites: int, data_dir: Path, run_dir: Path, cases
     class_names = read_dataset_info(data_dir).foreground_labels
     results, models = summarize(workspace, class_names)
     failed = failed_sites(results, n_sites)
-    local = evaluate_where_the_data_is(job, config_dir, n_sites, results, run_dir, exclude=failed)
+    local = evaluate_where_the_data_is(job, config_dir, n_sites, results, run_dir, exclude=failed) if report else {}
     wall = time.perf_counter() - start
     record_results(run_dir, job, n_sites, class_names, results, models, failed, wall_time_s=round(wall, 1),
                    simulator_time_s=round(sim_time, 1), job_dir=str(job_dir), workspace=str(workspace),
-                   training_cases=training_cases(config_dir, job.task, n_sites), **local)
+                   training_cases=training_cases(config_dir, job.task, n_sites), report=report, **local)
     return SimulationResult(models, class_names, results.best_round, wall, sim_time, workspace, results, failed)
 
 
@@ -314,8 +317,8 @@ def evaluate_where_the_data_is(job: JobSpec, config_dir: Path, n_sites: int, res
 
 
 def record_results(run_dir: Path, job: JobSpec, n_sites: int, class_names, results: JobResults, models: dict,
-                   failed: list[str], **extra) -> None:
-    """``results.json`` (the table as JSON) and the full report (``report.md``, JSON, plots) in ``run_dir``."""
+                   failed: list[str], *, report: bool = True, **extra) -> None:
+    """``results.json`` (the table as JSON) and, with ``report``, the full report (``report.md``, JSON, plots)."""
     write_json(Path(run_dir) / "results.json", {
         "task": job.task, "variant": job.variant, "algorithm": job.algorithm, "privacy": job.privacy,
         "sites": n_sites, "rounds": job.num_rounds, "start_round": job.start_round, "local_epochs": job.local_epochs,
@@ -326,9 +329,10 @@ def record_results(run_dir: Path, job: JobSpec, n_sites: int, class_names, resul
         "cross_site": (results.federation or {}).get("cross_site"), **extra,
         **({"click_curve": curve} if (curve := {"final": results.click_curve(FINAL_MODEL)})["final"] else {}),
     })
-    from fedseg.flare.report import write_report
+    if report:
+        from fedseg.flare.report import write_report
 
-    write_report(run_dir, run_dir)
+        write_report(run_dir, run_dir)
 
 
 def resume_run(run_dir: Path) -> SimulationResult:

@@ -181,7 +181,8 @@ def _trainable():
                 simulate(self.job, n_sites=len(self.fed.site_configs), data_dir=Path(self.fed.data_dir),
                          run_dir=self.run_dir, cases=0, seed=self.fed.seed,
                          initial_weights=Path(self.fed.initial_model),
-                         site_configs={k: Path(v) for k, v in self.fed.site_configs.items()}, stop=self.stop_event)
+                         site_configs={k: Path(v) for k, v in self.fed.site_configs.items()}, stop=self.stop_event,
+                         report=False)
             except Exception as exc:  # reported by step(): a failed job is a failed trial, with its reason
                 self.error = exc
 

@@ -31,7 +31,7 @@ from fedseg.engine.distributed import steps_per_epoch
 from fedseg.errors import CheckpointError, ConfigError, FedsegError, NonFiniteLossError
 from fedseg.ray import require_ray
 from fedseg.ray.cluster import RayCluster
-from fedseg.ray.common import FAULT_ENV, DEFAULT_OBJECT_STORE_MB, Fault
+from fedseg.ray.common import FAULT_ENV, DEFAULT_OBJECT_STORE_MB, POLL_ENV, POLL_S, Fault
 from fedseg.ray.config import RunSettings, WorkerConfig, WorkerRuntime
 from fedseg.ray.worker import SCORES_FILE, STATE_FILE, WorkerNonFiniteLoss, run_loop
 from fedseg.results import SiteScore, with_pooled
@@ -195,6 +195,7 @@ def fit_on_workers(loop, cfg: WorkerConfig, plan, run_dir: Path, name: str, max_
                              # Ray Train logs every report at INFO; fedseg logs its own epoch lines.
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
+    os.environ.setdefault(POLL_ENV, POLL_S)  # read by the controller fit() starts (a user's setting wins)
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray raises TrainingFailedError subclasses, and others on start-up
