@@ -44,6 +44,10 @@ class Method:
     options: tuple[tuple[str, float], ...] = ()
     local_epochs: int | None = None  # federated: epochs per round (None: the plan's)
     recipe: tuple[tuple[str, str], ...] = ()  # recipe levers (fedseg.tasks.spec.LEVERS), e.g. augment=scanner
+    # Centralized only: the plan's epochs divided by the number of sites, i.e. as many optimizer steps
+    # as FedAvg's global model takes on equal-size sites (each site steps through its own share per
+    # epoch). Tells how much of FedAvg's gap is fewer sequential steps rather than heterogeneity.
+    federated_steps: bool = False
 
     def spec(self, plan: "Plan"):
         from fedseg.tasks import get_task
@@ -59,11 +63,15 @@ SPLITS = {
 }
 METHODS = {m.name: m for m in (
     Method("centralized", "centralized"),
+    Method("centralized_fedsteps", "centralized", federated_steps=True),
     Method("fedavg"),
     Method("fedprox_mu0.01", algorithm="fedprox", options=(("mu", 0.01),)),
     Method("fedprox_mu0.1", algorithm="fedprox", options=(("mu", 0.1),)),
     Method("fedopt_lr1_m0.6", algorithm="fedopt", options=(("server_lr", 1.0), ("server_momentum", 0.6))),
     Method("fedopt_lr0.5_m0.9", algorithm="fedopt", options=(("server_lr", 0.5), ("server_momentum", 0.9))),
+    # The averaged update of 2 equal sites moves the model about as far as one site's: a server lr of 2
+    # gives it the pooled run's step per epoch (cf. centralized_fedsteps).
+    Method("fedopt_lr2_m0", algorithm="fedopt", options=(("server_lr", 2.0), ("server_momentum", 0.0))),
     Method("scaffold", algorithm="scaffold"),
     Method("ditto", algorithm="ditto"),
     Method("fedavg_1epoch", local_epochs=1),
@@ -164,7 +172,8 @@ def _train(plan: Plan, method: Method, seed: int, data_root: Path, configs: dict
             from fedseg.site_config import load_site_config
 
             sites = [load_site_config(p) for p in configs.values()]
-            run_local(spec, sites, out, epochs=plan.epochs, val_every=plan.epochs, seed=seed,
+            epochs = max(1, plan.epochs // len(sites)) if method.federated_steps else plan.epochs
+            run_local(spec, sites, out, epochs=epochs, val_every=epochs, seed=seed,
                       runtime=Runtime.create("cpu", num_threads=plan.threads), tracking="none",
                       init_weights=load_initial_model(init, spec))
         return final

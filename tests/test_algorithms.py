@@ -62,7 +62,17 @@ def test_algorithm_options_reach_the_server_and_the_sites(tmp_path):
     server, _ = configs(JobSpec("spleen", algorithm="fedprox", algorithm_options=(("mu", 0.5),)))
     assert server["workflows"][0]["args"]["fedprox_mu"] == 0.5
     server, _ = configs(JobSpec("spleen", algorithm="fedopt", algorithm_options=(("server_lr", 0.3),)))
-    assert server["workflows"][0]["args"]["optimizer_args"]["args"] == {"lr": 0.3, "momentum": 0.6}
+    args = server["workflows"][0]["args"]
+    assert args["optimizer_args"]["args"] == {"lr": 0.3, "momentum": 0.6}
+    # NVFlare's schedule shape (down to 90 % of the rate and back) at any server_lr, never above it.
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, **args["lr_scheduler_args"]["args"])
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert min(rates) == pytest.approx(0.27) and max(rates) == pytest.approx(0.3)
     server, client = configs(JobSpec("spleen", algorithm="scaffold"))
     assert server["workflows"][0]["path"] == "fedseg.algorithms.scaffold.ConsortiumScaffold"
     assert "--algorithm scaffold" in client

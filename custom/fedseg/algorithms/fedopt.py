@@ -58,8 +58,11 @@ class FedOpt(Algorithm):
             optimizer_args={"path": "torch.optim.SGD",
                             "args": {"lr": values["server_lr"], "momentum": values["server_momentum"]},
                             "config_type": "dict"},
+            # NVFlare's default schedule (T_max 3, eta_min 0.9) is written for its default lr 1.0, and eta_min
+            # is absolute: with server_lr 0.5 the rate would climb to 0.9, with 2.0 fall to 0.9. Keep its shape
+            # (down to 90 % of the rate and back) for every server_lr.
             lr_scheduler_args={"path": "torch.optim.lr_scheduler.CosineAnnealingLR",
-                               "args": {"T_max": 3, "eta_min": 0.9}, "config_type": "dict"},  # NVFlare's default
+                               "args": {"T_max": 3, "eta_min": 0.9 * values["server_lr"]}, "config_type": "dict"},
             **common)
 
 
