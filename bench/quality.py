@@ -79,6 +79,7 @@ METHODS = {m.name: m for m in (
     # no running statistics to average), each for FedAvg and for the pooled baseline.
     Method("fedavg_augscanner", recipe=(("augment", "scanner"),)),
     Method("centralized_augscanner", "centralized", recipe=(("augment", "scanner"),)),
+    Method("fedavg_halfbatch", recipe=(("batch", "half"),)),  # the pooled run's step count (centralized_fedsteps)
     Method("fedavg_instancenorm", recipe=(("norm", "instance"),)),
     Method("centralized_instancenorm", "centralized", recipe=(("norm", "instance"),)),
 )}

@@ -59,3 +59,17 @@ def test_a_model_file_records_its_levers(tmp_path):
     load_model(path, spec)
     with pytest.raises(Exception, match="m.pt"):  # the card's batch-norm network does not take it
         load_model(path, get_task("spleen", "tiny"))
+
+
+def test_half_batch_takes_twice_the_steps_per_epoch(spleen_site):
+    from fedseg.engine import Runtime, SegmentationEngine
+    from fedseg.site_config import load_site_config
+    from fedseg.site_data import open_site_data
+
+    card = get_task("spleen", "tiny")
+    half = card.with_levers({"batch": "half"})
+    assert (card.batch_size, half.batch_size) == (2, 1) and half.levers == (("batch", "half"),)
+    items = open_site_data(card, load_site_config(spleen_site)).items("training")
+    steps = [SegmentationEngine(s, Runtime.create("cpu", num_threads=1)).train_data(items).batches_per_epoch
+             for s in (card, half)]
+    assert steps == [len(items) // 2, len(items)]

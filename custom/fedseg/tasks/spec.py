@@ -322,12 +322,19 @@ def _norm(kind: str):
     return lambda spec: replace(spec, network=replace(spec.network, norm=kind))
 
 
+def _half_batch(spec: "TaskSpec") -> "TaskSpec":
+    """Half the volumes per step: twice the optimizer steps per epoch. On 2 equal sites a FedAvg round
+    then moves the global model as many steps as the pooled run takes over the same epochs."""
+    return replace(spec, batch_size=max(1, spec.batch_size // 2))
+
+
 # Recipe levers: named, declared alternatives to parts of a card's recipe, chosen per run or job
 # (``--recipe augment=scanner``). "card"/the default choice is the recipe as declared.
 LEVERS: dict = {
     "augment": {"card": lambda spec: spec, "scanner": _scanner_augment},
     "norm": {"batch": _norm("batch"), "instance": _norm("instance")},
+    "batch": {"card": lambda spec: spec, "half": _half_batch},
 }
-DEFAULTS = {"augment": "card", "norm": "batch"}
+DEFAULTS = {"augment": "card", "norm": "batch", "batch": "card"}
 # Levers that change the network's structure: the server must build the same network.
 NETWORK_LEVERS = ("norm",)
