@@ -80,6 +80,7 @@ METHODS = {m.name: m for m in (
     Method("fedavg_augscanner", recipe=(("augment", "scanner"),)),
     Method("centralized_augscanner", "centralized", recipe=(("augment", "scanner"),)),
     Method("fedavg_halfbatch", recipe=(("batch", "half"),)),  # the pooled run's step count (centralized_fedsteps)
+    Method("centralized_halfbatch", "centralized", recipe=(("batch", "half"),)),  # does pooling gain as much?
     Method("fedavg_instancenorm", recipe=(("norm", "instance"),)),
     Method("centralized_instancenorm", "centralized", recipe=(("norm", "instance"),)),
 )}

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 from fedseg.data.synth import synthesize
 from fedseg.flare.jobs import JobSpec, export_job
-from fedseg.flare.poc import PocDeployment, run_poc
+from fedseg.flare.poc import ADMIN, PocDeployment, run_poc
 from fedseg.flare.report import write_report
 from fedseg.flare.results import BEST_MODEL, FINAL_MODEL, read_job_results
 from fedseg.flare.simulate import prepare_sites
@@ -67,6 +67,11 @@ def test_committed_job_via_cli_and_a_job_via_the_flare_api_where_byoc_is_forbidd
         for site in SITES:
             task = load_site_config(configs / f"{site}.yaml").task_data("spleen")
             poc.place_site_config(site, {"spleen": (task.data_root, task.datalist)}, device="cpu", num_threads=1)
+        # Every kit points at this deployment's own free port, not NVFlare's default 8002 that any other
+        # POC on the machine would share; the jobs below ran through it.
+        assert poc.port and poc.port != 8002
+        assert f"localhost:{poc.port}" in (poc.kit("site-1") / "startup" / "fed_client.json").read_text()
+        assert json.loads((poc.kit(ADMIN) / "startup" / "fed_admin.json").read_text())["admin"]["port"] == poc.port
         poc.start()
         # NVFlare checks the BYOC right when it deploys a job's apps: the bundled job never runs.
         refused = poc.submit(bundled)

@@ -73,10 +73,10 @@ class ProcessTree:
         # psutil compares each process's start time, so a reused pid is never mistaken for ours.
         return [p for p in self.seen.values() if p.is_running() and p.status() != self._psutil.STATUS_ZOMBIE]
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 10.0, *, keep_root: bool = False) -> None:
         """SIGTERM every recorded process still running, then SIGKILL those left after ``grace`` seconds."""
         self.observe()
-        procs = self.alive()
+        procs = [p for p in self.alive() if not (keep_root and p.pid == self.root)]
         for proc in procs:
             try:
                 proc.terminate()
@@ -89,6 +89,29 @@ class ProcessTree:
             except self._psutil.Error:
                 pass
         self._psutil.wait_procs(left, timeout=5)
+
+
+def exit_with_parent(poll_s: float = 1.0) -> threading.Thread:
+    """End this process, and every descendant it started, once the process that started it is gone.
+
+    A parent killed with SIGKILL (or SIGTERM without a handler) runs no cleanup, and a bounded child
+    (the simulator's) would train on as an orphan for hours: so the child watches, from a daemon
+    thread, for being re-parented. Returns the thread.
+    """
+    parent, me = os.getppid(), os.getpid()
+    tree = ProcessTree(me)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            tree.observe()
+            if os.getppid() != parent:
+                tree.stop(grace=5.0, keep_root=True)
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, daemon=True, name="fedseg-exit-with-parent")
+    thread.start()
+    return thread
 
 
 def stop_group(pgid: int, grace: float = 10.0) -> None:

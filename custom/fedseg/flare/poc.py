@@ -53,6 +53,7 @@ class PocDeployment:
         self.python_bin = python_bin
         self.gpus_per_site, self.gpu_mem_gib = gpus_per_site, gpu_mem_gib
         self.started = False
+        self.port: int | None = None  # the server's (sites and admin), chosen free by prepare()
         self._trees: list[ProcessTree] = []  # one per `nvflare poc start`: its session, recorded
 
     # Environment and commands -------------------------------------------------------------------
@@ -98,10 +99,25 @@ class PocDeployment:
     def prepare(self) -> None:
         (self.root / "home").mkdir(parents=True, exist_ok=True)
         self._nvflare("poc", "prepare", "-n", str(len(self.sites)), "--force")
+        self._own_port()
         self._private_server_storage()
         for site in self.sites:
             self._declare_gpus(site)
         self._site_policies()
+
+    def _own_port(self) -> None:
+        """Provision again on a free port: NVFlare's POC default, 8002 for both the sites and the admin, is
+        the same for every POC on the machine, so a second one would fail to start or reach the first's server."""
+        import yaml
+        from nvflare.fuel.utils.network_utils import get_open_ports
+
+        # `poc prepare -i` refuses a project file inside the workspace it replaces.
+        project = self.root / "project.yml"
+        config = yaml.safe_load((self.workspace / "project.yml").read_text())
+        [server] = [p for p in config["participants"] if p.get("type") == "server"]
+        server["fed_learn_port"] = self.port = get_open_ports(1)[0]
+        project.write_text(yaml.safe_dump(config, sort_keys=False))
+        self._nvflare("poc", "prepare", "-i", str(project), "--force")
 
     def _site_policies(self) -> None:
         """What a careful consortium sets: fedseg's classes allowed (so thin jobs need no BYOC right), and

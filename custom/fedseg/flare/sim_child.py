@@ -18,6 +18,9 @@ def main(argv: list[str]) -> int:
     from nvflare.recipe import SimEnv
 
     from fedseg.flare.jobs import JobSpec, staged_recipe
+    from fedseg.procs import exit_with_parent
+
+    exit_with_parent()  # a killed fedseg process must not leave the simulator training
 
     run = json.loads(Path(argv[0]).read_text())
     job = JobSpec(**run["job"])
