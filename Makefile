@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(FEDSEG) simulate --task spleen --sites 2
 
-## test: the whole suite, end-to-end runs (simulator, Ray, POC) included
+## test: the whole suite, end-to-end runs (simulator, Ray, POC) included, one file per worker on TEST_WORKERS workers
+## (an end-to-end run keeps a core busy only about half the time: two in parallel fill a 2-core machine)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -m "slow or not slow" --durations=30
+	$(PY) -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 ## test-fast: the default suite only (a few minutes on CPU)
 test-fast: $(STAMP)

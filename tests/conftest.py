@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,17 @@ os.environ.setdefault("FEDSEG_AUTO_PRECISION", "fp32")
 logging.getLogger("fedseg").setLevel(logging.INFO)
 # Seed of the tests' trainings; tests/repeat.py (make test-repeat) varies it to measure pass rates.
 TRAIN_SEED = int(os.environ.get("FEDSEG_TEST_SEED", "0"))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Files with the most end-to-end (slow) tests first, each file's own order kept.
+
+    ``make test`` hands whole files to its workers in this order (pytest-xdist, ``--dist loadfile``):
+    a long file started last would leave the other workers idle for its whole run.
+    """
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    first_seen = {path: k for k, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
 
 
 @pytest.fixture(scope="session")
