@@ -9,20 +9,25 @@ import pytest
 from fedseg.cli import main
 from fedseg.flare.jobs import JobSpec
 from fedseg.flare.results import round_records
-from fedseg.ray.fed_tune import card_config, global_val_dice, local_epoch_choices, search_space, trial_setting
+from fedseg.ray.fed_tune import (Federation, card_config, global_val_dice, local_epoch_choices, search_space,
+                                 SEARCHED_LEVERS, trial_job, trial_setting)
+from fedseg.tasks.spec import DEFAULTS
 
 TRIALS, EPOCHS = 2, 4
+FED = Federation("spleen", "tiny", {"site-1": "s1.yaml"}, "data", "init.pt", 12, 0, "trials")
 
 
 def test_the_search_space_comes_from_the_algorithm_registry_and_the_card_is_the_committed_job():
     pytest.importorskip("ray")
     space = search_space(("fedavg", "fedprox", "fedopt"), EPOCHS)
-    assert set(space) == {"algorithm", "local_epochs", "augment", "fedprox.mu", "fedopt.server_lr",
+    assert set(space) == {"algorithm", "local_epochs", "augment", "batch", "fedprox.mu", "fedopt.server_lr",
                           "fedopt.server_momentum"}
     assert local_epoch_choices(EPOCHS) == [1, 2] and local_epoch_choices(12) == [1, 2, 3, 4, 6]
     card = trial_setting(card_config("spleen", ("fedavg", "fedprox"), 12))
-    # spleen's committed schedule: 6 local epochs per round, FedAvg, the card's augmentation
-    assert card == {"algorithm": "fedavg", "options": {}, "local_epochs": 6, "augment": "card"}
+    # spleen's committed schedule: 6 local epochs per round, FedAvg, the card's augmentation and batch
+    assert card == {"algorithm": "fedavg", "options": {}, "local_epochs": 6, "augment": "card", "batch": "card"}
+    half = trial_job(FED, {**card, "batch": "half"})
+    assert dict(half.recipe) == {"batch": "half"}  # the job keeps only the levers that differ from the card
     prox = trial_setting({**card_config("spleen", ("fedprox",), 12), "algorithm": "fedprox"})
     assert prox["options"] == {"mu": 0.01}
 
@@ -53,7 +58,7 @@ def test_federated_tune_runs_simulator_jobs_as_trials_and_leaves_no_process(sple
     trials = body["trials"]
     assert len(trials) == TRIALS and body["federated"] and body["sites"] == ["site-1", "site-2"]
     assert trials[0]["setting"] == body["card"] == {"algorithm": "fedavg", "options": {}, "local_epochs": 2,
-                                                    "augment": "card"}
+                                                    "augment": "card", "batch": "card"}
     for t in trials:
         assert "error" not in t, t
         le = t["setting"]["local_epochs"]
@@ -69,6 +74,8 @@ def test_federated_tune_runs_simulator_jobs_as_trials_and_leaves_no_process(sple
         assert (ran["algorithm"], ran["local_epochs"], ran["num_rounds"]) == (t["setting"]["algorithm"], le,
                                                                               EPOCHS // le)
         assert dict(ran["algorithm_options"]) == t["setting"]["options"]
+        assert dict(map(tuple, ran["recipe"])) == {lever: t["setting"][lever] for lever in SEARCHED_LEVERS
+                                                   if t["setting"][lever] != DEFAULTS[lever]}
         assert (run / "job" / JobSpec(**ran).name / "meta.json").is_file()
         recorded = {r["round"]: global_val_dice(r) for r in round_records(_server_job(run, ran))}
         assert recorded[0] == pytest.approx(first_round_dice(out)), "every trial started from the same model"

@@ -4,7 +4,9 @@ A trial is one job run exactly as ``fedseg simulate`` runs it (NVFlare's ``SimEn
 child process, :func:`fedseg.flare.simulate.simulate`) on the same sites and from the same
 seeded initial model, so trials differ only by their settings: the algorithm, each algorithm's
 declared options (FedProx's mu, FedOpt's server learning rate and momentum, ...), local epochs
-per round and the augmentation lever. Every trial gets the same total training epochs; a round
+per round and the recipe levers in :data:`SEARCHED_LEVERS` (augmentation, and batch: half the
+volumes per optimizer step, which on heterogeneous sites is the lever that closed most of FedAvg's gap
+in ``bench.quality``). Every trial gets the same total training epochs; a round
 of ``local_epochs`` epochs then counts that many, and ASHA compares trials at equal compute.
 
 What a trial reports after each round is the global validation Dice the sites sent with their
@@ -13,7 +15,7 @@ keeps the best global model by). The model after the last round is scored once t
 the same validation cases with the same weights: the simulator's machine holds every simulated
 site's data, as it does for ``fedseg simulate``'s per-case table; nothing is sent anywhere. Test
 cases are never looked at. The first trial is the committed job's own setting (FedAvg, the
-task's local epochs, the card's augmentation), so the search says whether it beat the default.
+task's local epochs, the card's recipe), so the search says whether it beat the default.
 
 A trial that ASHA ends early is stopped by its ``cleanup``: the simulator and every process it
 started are stopped by the process IDs recorded while it ran (:mod:`fedseg.procs`).
@@ -40,6 +42,9 @@ log = logging.getLogger("fedseg")
 ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold")
 LOCAL_EPOCH_CHOICES = (1, 2, 3, 4, 6, 8, 12)
 OPTION_SPAN = 3.0  # an algorithm option is searched from default / 3 to default * 3, within its range
+# Recipe levers (fedseg.tasks.spec.LEVERS) a trial may change. ``norm`` is left out: it changes the
+# network, and the seeded start every trial shares is one network.
+SEARCHED_LEVERS = ("augment", "batch")
 
 
 @dataclass(frozen=True)
@@ -62,14 +67,14 @@ def local_epoch_choices(epochs: int) -> list[int]:
 
 
 def search_space(algorithms: tuple[str, ...], epochs: int) -> dict:
-    """The Tune search space: algorithm, every option each algorithm declares, local epochs, augmentation."""
+    """The Tune search space: algorithm, every option each algorithm declares, local epochs, recipe levers."""
     from ray import tune
 
     from fedseg.algorithms import get_algorithm
     from fedseg.tasks.spec import LEVERS
 
     space = {"algorithm": tune.choice(list(algorithms)), "local_epochs": tune.choice(local_epoch_choices(epochs)),
-             "augment": tune.choice(list(LEVERS["augment"]))}
+             **{lever: tune.choice(list(LEVERS[lever])) for lever in SEARCHED_LEVERS}}
     for name in algorithms:
         for option in get_algorithm(name).options:
             space[f"{name}.{option.name}"] = _domain(option)
@@ -88,14 +93,16 @@ def _domain(option):
 
 
 def card_config(task: str, algorithms: tuple[str, ...], epochs: int) -> dict:
-    """The committed job's setting: FedAvg, the task's local epochs (or the nearest that fits), the card's augment."""
+    """The committed job's setting: FedAvg, the task's local epochs (or the nearest that fits), the card's recipe."""
     from fedseg.algorithms import get_algorithm
     from fedseg.tasks import task_schedule
+    from fedseg.tasks.spec import DEFAULTS
 
     choices = local_epoch_choices(epochs)
     wanted = task_schedule(task).local_epochs
     config = {"algorithm": "fedavg" if "fedavg" in algorithms else algorithms[0],
-              "local_epochs": max([e for e in choices if e <= wanted] or choices[:1]), "augment": "card"}
+              "local_epochs": max([e for e in choices if e <= wanted] or choices[:1]),
+              **{lever: DEFAULTS[lever] for lever in SEARCHED_LEVERS}}
     for name in algorithms:
         for option in get_algorithm(name).options:
             config[f"{name}.{option.name}"] = option.default
@@ -103,14 +110,14 @@ def card_config(task: str, algorithms: tuple[str, ...], epochs: int) -> dict:
 
 
 def trial_setting(config: dict) -> dict:
-    """What a trial ran with: its algorithm, that algorithm's options, local epochs, augmentation."""
+    """What a trial ran with: its algorithm, that algorithm's options, local epochs, recipe levers."""
     from fedseg.algorithms import get_algorithm
 
     algorithm = config["algorithm"]
     options = {o.name: (int if o.integer else float)(config[f"{algorithm}.{o.name}"])
                for o in get_algorithm(algorithm).options}
     return {"algorithm": algorithm, "options": options, "local_epochs": int(config["local_epochs"]),
-            "augment": config["augment"]}
+            **{lever: config[lever] for lever in SEARCHED_LEVERS}}
 
 
 def trial_job(fed: Federation, setting: dict):
@@ -120,7 +127,7 @@ def trial_job(fed: Federation, setting: dict):
     le = setting["local_epochs"]
     return JobSpec(fed.task, algorithm=setting["algorithm"], variant=fed.variant, num_rounds=fed.epochs // le,
                    local_epochs=le, min_clients=len(fed.site_configs), seed=fed.seed,
-                   algorithm_options=tuple(setting["options"].items()), recipe=(("augment", setting["augment"]),))
+                   algorithm_options=tuple(setting["options"].items()), recipe=tuple((lever, setting[lever]) for lever in SEARCHED_LEVERS))
 
 
 def global_val_dice(record: dict) -> float | None:
@@ -305,12 +312,12 @@ def _row(i: int, result, epochs: int, trials_dir: Path) -> dict:
 
 def table(body: dict) -> str:
     """A Markdown table of the trials, best first."""
-    head = ["trial", "algorithm", "options", "local epochs", "augment", "epochs", "best val Dice", "at epoch"]
+    head = ["trial", "algorithm", "options", "local epochs", *SEARCHED_LEVERS, "epochs", "best val Dice", "at epoch"]
     rows = [head, ["---"] * len(head)]
     for t in sorted(body["trials"], key=lambda t: -t["best_val_dice"]):
         s = t["setting"]
         rows.append([t["trial"], s["algorithm"], ", ".join(f"{k} {v:.3g}" for k, v in s["options"].items()) or "-",
-                     str(s["local_epochs"]), s["augment"],
+                     str(s["local_epochs"]), *(s[lever] for lever in SEARCHED_LEVERS),
                      f"{t['epochs']}{' (stopped)' if t['stopped_early'] else ''}", f"{t['best_val_dice']:.4f}",
                      str(t["best_epochs"])])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
