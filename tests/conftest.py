@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
+
+# make test runs two files at once (pytest-xdist) and a simulator runs its sites at once, each training
+# on 2 threads of a 2-core machine: OpenMP's spin-waiting then costs up to 7.5x (bench/README.md,
+# "threads"). Passive waiting changes no result, only how idle threads wait; read when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 from fedseg.data.split import split_dataset
 from fedseg.data.synth import synthesize
@@ -82,18 +89,47 @@ def spleen_site(spleen_dataset, tmp_path_factory) -> Path:
                      spleen_dataset / "splits" / "site-1.json")
 
 
+def once_per_run(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder ``name`` that ``make`` fills once per test run, however many pytest-xdist workers ask.
+
+    Each worker holds session fixtures of its own; what costs minutes to build (a trained model) is
+    built by the first worker that needs it, under a file lock, and read by the others.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder over the workers'
+    folder = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            make(folder)
+            (folder / ".complete").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_spleen(spleen_site, tmp_path_factory):
-    """The tiny spleen recipe trained briefly on 6 phantoms; returns (engine, site data, model path)."""
-    from fedseg.checkpoint import save_model
+    """The tiny spleen recipe trained briefly on 6 phantoms; returns (engine, site data, model path).
+
+    Trained once per run (:func:`once_per_run`): the training is seeded on a fixed thread count, so a
+    worker that reads the model holds the weights it would have trained itself.
+    """
+    from fedseg.checkpoint import load_model, save_model
 
     spec = get_task("spleen", "tiny")
     site = load_site_config(spleen_site)
     data = open_site_data(spec, site)
     engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=2), class_names=data.class_names,
                                 seed=TRAIN_SEED)
-    engine.train(engine.train_data(data.items("training")), iterations=TRAIN_ITERATIONS)
-    path = save_model(tmp_path_factory.mktemp("model") / "spleen_tiny.pt", engine.get_weights(), spec)
+
+    def train(folder: Path) -> None:
+        engine.train(engine.train_data(data.items("training")), iterations=TRAIN_ITERATIONS)
+        save_model(folder / "spleen_tiny.pt", engine.get_weights(), spec)
+
+    path = once_per_run(tmp_path_factory, f"trained_spleen_seed{TRAIN_SEED}", train) / "spleen_tiny.pt"
+    engine.set_weights(load_model(path, spec))
     return engine, data, path
 
 

@@ -108,6 +108,10 @@ def _bounded_simulator(cmd: list[str], workspace: Path, *, site_config_dir: Path
     """
     env = {k: v for k, v in os.environ.items() if k != SIM_WORKSPACE_ENV}  # it would move the workspace
     env["PYTHONUNBUFFERED"] = "1"
+    # The simulated sites train at the same time on one machine's cores. OpenMP's default of spinning
+    # while it waits then burns the cores the other sites need: two 2-thread trainings side by side on
+    # 2 cores took 7.5x as long as one alone, 1.9x with passive waiting (bench/README.md, "threads").
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if site_config_dir is not None:
         env[ENV_DIR] = str(Path(site_config_dir).resolve())
     idle, total = bounds
