@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 # make test runs two files at once (pytest-xdist) and a simulator runs its sites at once, each training
-# on 2 threads of a 2-core machine: OpenMP's spin-waiting then costs up to 7.5x (bench/README.md,
-# "threads"). Passive waiting changes no result, only how idle threads wait; read when torch loads.
+# on 2 threads of a 2-core machine: OpenMP's spin-waiting then costs up to 7.6x (bench/README.md,
+# "Threads"). Passive waiting changes no result, only how idle threads wait; read when torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 

@@ -110,7 +110,7 @@ def _bounded_simulator(cmd: list[str], workspace: Path, *, site_config_dir: Path
     env["PYTHONUNBUFFERED"] = "1"
     # The simulated sites train at the same time on one machine's cores. OpenMP's default of spinning
     # while it waits then burns the cores the other sites need: two 2-thread trainings side by side on
-    # 2 cores took 7.5x as long as one alone, 1.9x with passive waiting (bench/README.md, "threads").
+    # 2 cores took 3.6-7.6x as long as one alone, 1.8-2.1x with passive waiting (bench/README.md, "Threads").
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if site_config_dir is not None:
         env[ENV_DIR] = str(Path(site_config_dir).resolve())

@@ -127,7 +127,8 @@ def trial_job(fed: Federation, setting: dict):
     le = setting["local_epochs"]
     return JobSpec(fed.task, algorithm=setting["algorithm"], variant=fed.variant, num_rounds=fed.epochs // le,
                    local_epochs=le, min_clients=len(fed.site_configs), seed=fed.seed,
-                   algorithm_options=tuple(setting["options"].items()), recipe=tuple((lever, setting[lever]) for lever in SEARCHED_LEVERS))
+                   algorithm_options=tuple(setting["options"].items()),
+                   recipe=tuple((lever, setting[lever]) for lever in SEARCHED_LEVERS))
 
 
 def global_val_dice(record: dict) -> float | None:
