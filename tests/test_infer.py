@@ -79,3 +79,24 @@ def test_body_crop_gives_the_uncropped_mask_on_the_input_grid(predictor, trained
         print(f"{path.name}: resampled {part} of {full}; voxel agreement {(fast == slow).mean():.6f}")
         assert (fast == slow).mean() >= 0.99999, path.name  # the same mask, up to float rounding
     assert smaller >= len(cases) - 1  # the crop really skipped air (the small real CT is nearly all body)
+
+
+def test_several_files_read_ahead_give_the_masks_of_one_at_a_time(predictor, trained_spleen, real_ct, tmp_path):
+    """``segment_files`` reads the next file while the model runs: the same masks, in order, and a file that
+    went away after the check is named, after the masks before it were written."""
+    import shutil
+
+    _, data, _ = trained_spleen
+    images = [real_ct] + [c.image for c in data.datalist.cases("test")[:2]]
+    pairs = [(img, tmp_path / f"m{k}.nii.gz") for k, img in enumerate(images)]
+    written = list(predictor.segment_files(pairs))
+    assert written == [out for _, out in pairs]
+    for img, out in pairs:
+        assert np.array_equal(np.asarray(nib.load(str(out)).dataobj), predictor.mask(img))
+    gone = tmp_path / "gone.nii.gz"
+    shutil.copy(real_ct, gone)
+    later = predictor.segment_files([(real_ct, tmp_path / "a.nii.gz"), (gone, tmp_path / "b.nii.gz")])
+    gone.unlink()  # the generator has not started: both reads come after this
+    with pytest.raises(DataError, match=r"gone.nii.gz: could not be read for inference"):
+        list(later)
+    assert (tmp_path / "a.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()

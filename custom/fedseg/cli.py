@@ -241,13 +241,14 @@ def cmd_infer(a) -> int:
         if not image.is_dir():
             check_input(image, spec)
     predictor = Predictor(spec, Path(a.model), Runtime.create(a.device or "auto", precision=a.precision or "auto", num_threads=a.threads))
+    nifti = predictor.segment_files([(image, out) for image, out in pairs if not image.is_dir()])  # in order
     for k, (image, out) in enumerate(pairs, start=1):
         if image.is_dir():
             from fedseg.infer_dicom import segment_series
 
             written = segment_series(predictor, image, out)
         else:
-            written = [predictor.segment(image, out, check=False)]
+            written = [next(nifti)]
         counter = f"[{k}/{len(pairs)}] " if len(pairs) > 1 else ""
         print(f"{counter}{image}: wrote {', '.join(str(p) for p in written)}", flush=True)
     return 0

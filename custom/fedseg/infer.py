@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 import os
 from pathlib import Path
 from typing import Iterator
@@ -29,10 +30,11 @@ from monai.inferers.utils import _get_scan_interval
 from monai.transforms import (Compose, CropForeground, LoadImage, LoadImaged, Orientationd, ResampleToMatch,
                               Spacingd, SpatialCrop)
 
+from fedseg.axis_resample import PADDINGS, resample_parallel_axes
 from fedseg.checkpoint import load_model
 from fedseg.data.checks import check_image_file, crop_threshold
 from fedseg.engine import Runtime, SegmentationEngine
-from fedseg.errors import FedsegError
+from fedseg.errors import DataError, FedsegError
 from fedseg.progress import Progress
 from fedseg.tasks.spec import TaskSpec
 from fedseg.transforms import IMAGE, eval_transforms
@@ -201,11 +203,25 @@ class Predictor:
         """The preprocessed image the network sees, from the loaded input (its own grid)."""
         oriented = self.orient({IMAGE: image})[IMAGE]
         grid, shape = self.resampling_grid(oriented)
-        sp = self.spacing  # its own resampler and settings: the values are those Spacingd gives
-        region = sp.spacing_transform.sp_resample(oriented, dst_affine=grid, spatial_size=shape, mode=sp.mode[0],
-                                                  padding_mode=sp.padding_mode[0], align_corners=sp.align_corners[0],
-                                                  dtype=sp.dtype[0])
-        return self.rest({IMAGE: region})[IMAGE]
+        return self.rest({IMAGE: self.to_grid(oriented, grid, shape)})[IMAGE]
+
+    def to_grid(self, oriented: MetaTensor, grid: torch.Tensor, shape: tuple[int, ...]) -> MetaTensor:
+        """``oriented`` resampled onto ``grid`` as Spacingd does (its mode and padding).
+
+        Per axis where the grids' axes are parallel, in float32: Spacingd computes in float64, and
+        the two differ by about 2e-4 HU (tests/test_axis_resample.py), for 2.3x less time.
+        """
+        sp = self.spacing
+        mode, padding = str(sp.mode[0]), str(sp.padding_mode[0])
+        if mode == "bilinear" and not sp.align_corners[0] and padding in PADDINGS:
+            xform = np.linalg.solve(oriented.affine.numpy().astype(np.float64), grid.numpy().astype(np.float64))
+            values = resample_parallel_axes(oriented.as_tensor(), xform, shape, padding=padding)
+            if values is not None:
+                meta = {k: v for k, v in oriented.meta.items() if k != "affine"}
+                return MetaTensor(values.float(), affine=grid, meta=meta)
+        return sp.spacing_transform.sp_resample(oriented, dst_affine=grid, spatial_size=shape, mode=sp.mode[0],
+                                                padding_mode=sp.padding_mode[0], align_corners=sp.align_corners[0],
+                                                dtype=sp.dtype[0])
 
     def logits(self, net_image: MetaTensor) -> torch.Tensor:
         """Batched sliding windows over the network's image, counted as progress."""
@@ -230,17 +246,23 @@ class Predictor:
             hi = np.minimum(np.ceil(hi) + 1, image.shape[1:]).astype(int)
             box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             image = SpatialCrop(roi_slices=box)(image)
-        back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=image)
+        to_net = np.linalg.solve(probs.affine.numpy().astype(np.float64), image.affine.numpy().astype(np.float64))
+        back = resample_parallel_axes(probs.as_tensor(), to_net, tuple(image.shape[1:]))
+        if back is None:  # an oblique map between the grids
+            back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=image).as_tensor()
         # Voxels outside the foreground crop received no prediction: they are background.
         outside = back.sum(0, keepdim=True) < 1e-3
         back[0:1][outside] = 1.0
-        return back.as_tensor(), box
+        return back, box
 
     def mask(self, image_path: Path, *, check: bool = True) -> np.ndarray:
         """The uint8 class-index mask on the input's own voxel grid (``check=False``: the caller checked it)."""
         if check:
             check_input(image_path, self.spec)
-        image = self.loader(str(image_path))
+        return self.mask_of(self.loader(str(image_path)))
+
+    def mask_of(self, image: MetaTensor) -> np.ndarray:
+        """The uint8 class-index mask of a loaded image (channel first), on its own voxel grid."""
         net_image = self.network_image(image)
         probs, box = self.back_to_input(self.logits(net_image), net_image, image)
         mask = np.zeros(tuple(image.shape[1:]), dtype=np.uint8)
@@ -251,6 +273,27 @@ class Predictor:
     def segment(self, image_path: Path, out_path: Path, *, check: bool = True) -> Path:
         """Segment one NIfTI file and write the mask to ``out_path``; returns ``out_path``."""
         return save_mask_like(image_path, self.mask(image_path, check=check), out_path)
+
+    def segment_files(self, pairs: list[tuple[Path, Path]]) -> Iterator[Path]:
+        """Segment checked NIfTI files (input, mask file), yielding each mask file as it is written.
+
+        The next file is read in a thread while the model runs on this one: decompressing a
+        ``.nii.gz`` is a sixth of the time per volume and leaves the GIL, as torch's kernels do.
+        A read's error is raised here, for its own file, in order.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedseg-read") as reader:
+            ahead = [reader.submit(self._read, image) for image, _ in pairs[:1]]
+            for k, (image_path, out_path) in enumerate(pairs):
+                image = ahead.pop().result()
+                if k + 1 < len(pairs):
+                    ahead.append(reader.submit(self._read, pairs[k + 1][0]))
+                yield save_mask_like(image_path, self.mask_of(image), out_path)
+
+    def _read(self, path: Path) -> MetaTensor:
+        try:
+            return self.loader(str(path))
+        except Exception as e:  # checked before, so it changed since (or the disk failed): name the file
+            raise DataError(f"{path}: could not be read for inference ({type(e).__name__}: {e})") from e
 
 
 def _box_on(affine: torch.Tensor, start, end) -> tuple[np.ndarray, np.ndarray]:
