@@ -161,7 +161,7 @@ def _peak_rss_alone(args, name: str) -> float:
 
 
 def infer_phases(predictor, image_path: Path, out: Path, meter: Meter) -> None:
-    """``Predictor.segment`` step by step (the calls it makes), with the input check the CLI runs first."""
+    """``Predictor.segment`` step by step (the calls it makes, one file alone), with the input check the CLI runs first."""
     import numpy as np
 
     from fedseg.infer import check_input, save_mask_like
@@ -174,10 +174,7 @@ def infer_phases(predictor, image_path: Path, out: Path, meter: Meter) -> None:
     oriented = predictor.orient({"image": image})["image"]
     grid, shape = predictor.resampling_grid(oriented)
     meter.lap("orient + body box")
-    sp = predictor.spacing
-    region = sp.spacing_transform.sp_resample(oriented, dst_affine=grid, spatial_size=shape, mode=sp.mode[0],
-                                              padding_mode=sp.padding_mode[0], align_corners=sp.align_corners[0],
-                                              dtype=sp.dtype[0])
+    region = predictor.to_grid(oriented, grid, shape)
     meter.lap("resample to training grid")
     net_image = predictor.rest({"image": region})["image"]
     meter.lap("intensity + crop")

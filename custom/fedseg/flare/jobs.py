@@ -56,7 +56,7 @@ DEADLINES = {"tiny": Deadlines(round=900, grace=120, heartbeat=60),
 # (the server's task_request_interval, 2 s by default) and how often the controller looks at its
 # standing task (task_check_period, 0.5 s). Tiny rounds last seconds, so these dominate them; a
 # card-sized round lasts minutes and a large consortium should not poll the server 5 times a second.
-POLLING = {"tiny": (0.2, 0.1), "full": (1.0, 0.5)}
+POLLING = {"tiny": (0.05, 0.05), "full": (1.0, 0.5)}
 
 
 @dataclass(frozen=True)
