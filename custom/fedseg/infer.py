@@ -10,6 +10,8 @@ from the whole image and at the positions the whole-volume resampling would use,
 sees the same image either way. Class probabilities go back (through the affines, so any
 orientation works) onto the region of the input grid that the network's box covers; their argmax
 fills that region of a uint8 mask that is background elsewhere, written with the input's affine.
+Both resamplings run per axis (:mod:`fedseg.axis_resample`), and with several inputs the next
+file is read while the model runs on this one.
 """
 
 from __future__ import annotations
