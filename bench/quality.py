@@ -216,6 +216,41 @@ def _score(plan: Plan, method: Method, model: Path, configs: dict[str, Path],
     return {site: _case_means(classes) for site, classes in per_case.items()}
 
 
+def _personal_models(out: Path, configs: dict[str, Path], spec) -> dict[str, Path]:
+    """Ditto: each site's personalised model as the site saved it in the simulator workspace."""
+    from fedseg.algorithms.ditto import PERSONAL
+
+    models = {}
+    for site in configs:
+        found = sorted((out / "workspace").glob(f"*/{site}/fedseg/{spec.name}_{PERSONAL}_model.pt"))
+        if len(found) != 1:
+            raise RuntimeError(f"{out}: expected one personalised model of {site}, found {len(found)}")
+        models[site] = found[0]
+    return models
+
+
+def _personal_scores(plan: Plan, method: Method, out: Path, configs: dict[str, Path],
+                     seed: int) -> dict[str, dict[str, list[float | None]]]:
+    """Ditto's personalised models, per case: each on its own site's test cases (``own``), and each
+    site's cases scored by the other sites' models, averaged over them (``others``)."""
+    from fedseg.engine import Runtime
+    from fedseg.site_config import load_site_config
+    from fedseg.site_data import open_site_data
+    from fedseg.site_eval import score_cases
+
+    spec = method.spec(plan)
+    data = [open_site_data(spec, load_site_config(p)) for p in configs.values()]
+    per_case = score_cases(spec, _personal_models(out, configs, spec), data,
+                           Runtime.create("cpu", num_threads=plan.threads), seed=seed)
+    means = {m: {site: _case_means(classes) for site, classes in by_site.items()} for m, by_site in per_case.items()}
+    own = {site: means[site][site] for site in configs}
+    others = {}
+    for site in configs:
+        columns = [means[m][site] for m in configs if m != site]
+        others[site] = [None if any(v is None for v in vals) else sum(vals) / len(vals) for vals in zip(*columns)]
+    return {"own": own, "others": others}
+
+
 def run_plan(plan: Plan, work: Path) -> dict:
     """Run (or reuse) every split x seed x method; return scores and the summary with intervals."""
     work = Path(work).resolve()
@@ -239,6 +274,13 @@ def run_plan(plan: Plan, work: Path) -> dict:
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     cached.write_text(json.dumps(by_site))
                 scores[split_name].setdefault(name, {})[seed] = by_site
+                if method.algorithm == "ditto":  # its personalised models too, beside the global one
+                    cached = root / name / f"seed{seed}" / "personal_scores.json"
+                    if not cached.is_file():
+                        cached.write_text(json.dumps(_personal_scores(plan, method, root / name / f"seed{seed}",
+                                                                      configs, seed)))
+                    for view, by_site in json.loads(cached.read_text()).items():
+                        scores[split_name].setdefault(f"{name}_personal_{view}", {})[seed] = by_site
     return {"plan": asdict(plan), "epochs": plan.epochs, "scores": scores, "summary": summarize(scores, plan)}
 
 

@@ -76,11 +76,13 @@ def test_a_plan_is_checked(bad, message):
 @pytest.mark.slow
 def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp_path):
     # One seed: the bootstrap over seeds is checked above on made-up scores; this checks the real runs.
-    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg"), seeds=(0,), rounds=1, local_epochs=1,
-                train_cases=2, val_cases=1, test_cases=2, resamples=100)
+    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg", "ditto"), seeds=(0,), rounds=1,
+                local_epochs=1, train_cases=2, val_cases=1, test_cases=2, resamples=100)
     result = run_plan(plan, tmp_path)
     scores = result["scores"]["scanner2"]
-    for method in ("centralized", "fedavg"):
+    # Ditto's personalised models are scored too: each on its own site, and each site by the other's.
+    assert {"ditto_personal_own", "ditto_personal_others"} <= set(result["summary"]["scanner2"])
+    for method in ("centralized", "fedavg", "ditto", "ditto_personal_own", "ditto_personal_others"):
         for seed in (0,):
             assert {site: len(v) for site, v in scores[method][seed].items()} == {"site-1": 2, "site-2": 2}
     row = result["summary"]["scanner2"]["fedavg"]
