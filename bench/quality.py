@@ -48,6 +48,9 @@ class Method:
     # as FedAvg's global model takes on equal-size sites (each site steps through its own share per
     # epoch). Tells how much of FedAvg's gap is fewer sequential steps rather than heterogeneity.
     federated_steps: bool = False
+    # "seeded": the seed's random network (every method of a seed alike); "pretrained": a model trained
+    # elsewhere first (:func:`_pretrained_model`), as a consortium starts from a published one.
+    start: str = "seeded"
 
     def spec(self, plan: "Plan"):
         from fedseg.tasks import get_task
@@ -82,6 +85,7 @@ METHODS = {m.name: m for m in (
     Method("fedavg_halfbatch", recipe=(("batch", "half"),)),  # the pooled run's step count (centralized_fedsteps)
     Method("centralized_halfbatch", "centralized", recipe=(("batch", "half"),)),  # does pooling gain as much?
     Method("fedavg_instancenorm", recipe=(("norm", "instance"),)),
+    Method("fedavg_pretrained", start="pretrained"),  # issue 13: rounds to a Dice bar from a pretrained start
     Method("centralized_instancenorm", "centralized", recipe=(("norm", "instance"),)),
 )}
 
@@ -150,11 +154,39 @@ def _prepare_split(plan: Plan, split: Split, root: Path) -> tuple[Path, dict[str
     return data_root, configs
 
 
+# The pretrained start: phantoms of one phase only (another hospital's protocol), their own seed, and
+# the test suite's training budget (tests/conftest.py: 240 steps on 6 cases).
+PRETRAIN = {"cases": 6, "phases": "non-contrast", "seed": 4242, "iterations": 240, "threads": 2}
+
+
+def _pretrained_model(plan: Plan, root: Path) -> Path:
+    """A model trained on other phantoms (:data:`PRETRAIN`), once per work folder; every seed starts from it."""
+    from fedseg.checkpoint import save_model
+    from fedseg.data.synth import synthesize
+    from fedseg.engine import Runtime, SegmentationEngine
+
+    path = root / "pretrained_start.pt"
+    if path.is_file():
+        return path
+    source = root / "pretrain_phantoms"
+    if not (source / "dataset.json").is_file():
+        synthesize(plan.task, source, PRETRAIN["cases"], seed=PRETRAIN["seed"], workers=2, phases=PRETRAIN["phases"])
+    spec = METHODS["fedavg"].spec(plan)
+    info = json.loads((source / "dataset.json").read_text())
+    items = [{k: str(source / v) for k, v in case.items()} for case in info["training"]]
+    engine = SegmentationEngine(spec, Runtime.create("cpu", num_threads=PRETRAIN["threads"]), seed=PRETRAIN["seed"])
+    engine.train(engine.train_data(items), iterations=PRETRAIN["iterations"])
+    return save_model(path, engine.get_weights(), spec)
+
+
 def _initial_model(plan: Plan, seed: int, root: Path, method: Method) -> Path:
-    """The seeded network every method of this seed starts from (one per network structure)."""
+    """The seeded network every method of this seed starts from (one per network structure), or the
+    pretrained model for a method that starts from one."""
     from fedseg.checkpoint import save_seeded_model
     from fedseg.tasks.spec import NETWORK_LEVERS
 
+    if method.start == "pretrained":
+        return _pretrained_model(plan, root)
     shape = "".join(f"_{k}-{v}" for k, v in method.recipe if k in NETWORK_LEVERS)
     return save_seeded_model(root / f"initial_seed{seed}{shape}.pt", method.spec(plan), seed)
 
@@ -284,6 +316,31 @@ def run_plan(plan: Plan, work: Path) -> dict:
     return {"plan": asdict(plan), "epochs": plan.epochs, "scores": scores, "summary": summarize(scores, plan)}
 
 
+def rounds_to_bar(work: Path, plan: Plan, bar: float) -> dict[str, dict[str, dict[int, int | None]]]:
+    """Per split, federated method and seed: the first round whose global model reached ``bar``
+    validation Dice (the sites' validation cases, as the server aggregates them; None: never)."""
+    from fedseg.flare.results import round_records
+
+    out: dict = {}
+    for split in plan.splits:
+        for name in plan.methods:
+            if METHODS[name].kind != "federated":
+                continue
+            for seed in plan.seeds:
+                jobs = sorted((Path(work) / split / name / f"seed{seed}" / "workspace").glob(
+                    "*/server/simulate_job"))
+                if len(jobs) != 1:
+                    continue
+                dice = [_val_dice(r) for r in round_records(jobs[0])]
+                first = next((r for r, d in enumerate(dice) if d is not None and d >= bar), None)
+                out.setdefault(split, {}).setdefault(name, {})[seed] = first
+    return out
+
+
+def _val_dice(record: dict) -> float | None:
+    return next((float(m["value"]) for m in record.get("aggregated_metrics", []) if m.get("name") == "val_dice"), None)
+
+
 def _pooled(by_seed: dict, sites: list[str] | None = None) -> dict[int, list]:
     """Per seed, the cases of ``sites`` (default: every site) one after the other, in site order."""
     return {int(seed): [v for site in sorted(by_site) if sites is None or site in sites for v in by_site[site]]
@@ -364,14 +421,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-cases", type=int, default=Plan.test_cases)
     p.add_argument("--work", default="runs/quality", help="runs and scores are kept and reused here")
     p.add_argument("--out", default=None, help="JSON (default WORK/quality.json)")
+    p.add_argument("--bar", type=float, default=0.6,
+                   help="also report the first round whose global validation Dice reaches this (default %(default)s)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     plan = Plan(splits=tuple(a.splits), methods=tuple(a.methods), seeds=tuple(a.seeds), rounds=a.rounds,
                 local_epochs=a.local_epochs, test_cases=a.test_cases)
     result = run_plan(plan, Path(a.work))
+    result["rounds_to_bar"] = {"bar": a.bar, "rounds": rounds_to_bar(Path(a.work), plan, a.bar)}
     out = Path(a.out or Path(a.work) / "quality.json")
     out.write_text(json.dumps(result, indent=2))
     print(table(result["summary"]))
+    for split, methods in result["rounds_to_bar"]["rounds"].items():
+        shown = "; ".join(f"{m} {', '.join('-' if r is None else str(r) for r in by_seed.values())}"
+                          for m, by_seed in methods.items())
+        print(f"{split}: first round with global validation Dice >= {a.bar} (round 0 = the start), per seed: {shown}")
     print(f"\n{plan.epochs} epochs per method; JSON in {out}")
     return 0
 

@@ -90,6 +90,11 @@ def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp
     assert all(math.isfinite(x) for x in row["minus_centralized"]["ci95"])
     # Both methods of a seed started from the one saved initial model.
     assert sorted(p.name for p in (tmp_path / "scanner2").glob("initial_seed*.pt")) == ["initial_seed0.pt"]
+    # The round each federated run's global model first reached a validation Dice bar, from the server's records.
+    from bench.quality import rounds_to_bar
+
+    assert rounds_to_bar(tmp_path, plan, 0.0) == {"scanner2": {"fedavg": {0: 0}, "ditto": {0: 0}}}
+    assert rounds_to_bar(tmp_path, plan, 1.01) == {"scanner2": {"fedavg": {0: None}, "ditto": {0: None}}}
     # A second call reuses every finished run (scores are cached per split, method and seed).
     again = run_plan(plan, tmp_path)
     assert again["scores"] == result["scores"]
@@ -108,3 +113,22 @@ def test_a_lever_that_changes_the_network_gets_its_own_seeded_start(tmp_path):
     assert not any("running_mean" in k for k in weights)
     with pytest.raises(Exception, match=instance.name):  # the card's batch-norm network does not take it
         load_initial_model(instance, METHODS["fedavg"].spec(plan))
+
+
+def test_a_pretrained_start_is_one_model_trained_on_other_phantoms(tmp_path, monkeypatch):
+    import torch
+
+    from bench import quality
+    from fedseg.checkpoint import load_initial_model
+
+    monkeypatch.setitem(quality.PRETRAIN, "cases", 2)  # a smaller run of the same code
+    monkeypatch.setitem(quality.PRETRAIN, "iterations", 2)
+    plan = quality.Plan(seeds=(0, 1))
+    method = quality.METHODS["fedavg_pretrained"]
+    first = quality._initial_model(plan, 0, tmp_path, method)
+    assert quality._initial_model(plan, 1, tmp_path, method) == first  # every seed starts from it
+    info = json.loads((tmp_path / "pretrain_phantoms" / "dataset.json").read_text())
+    assert len(info["training"]) == 2
+    seeded = load_initial_model(quality._initial_model(plan, 0, tmp_path, quality.METHODS["fedavg"]), method.spec(plan))
+    trained = load_initial_model(first, method.spec(plan))
+    assert any(not torch.equal(seeded[k], trained[k]) for k in seeded)
