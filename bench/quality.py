@@ -85,6 +85,8 @@ METHODS = {m.name: m for m in (
     Method("fedavg_halfbatch", recipe=(("batch", "half"),)),  # the pooled run's step count (centralized_fedsteps)
     Method("centralized_halfbatch", "centralized", recipe=(("batch", "half"),)),  # does pooling gain as much?
     Method("fedavg_instancenorm", recipe=(("norm", "instance"),)),
+    Method("fedavg_casenorm", recipe=(("intensity", "case"),)),  # each case z-scored on its own tissue
+    Method("centralized_casenorm", "centralized", recipe=(("intensity", "case"),)),
     Method("fedavg_pretrained", start="pretrained"),  # issue 13: rounds to a Dice bar from a pretrained start
     Method("centralized_instancenorm", "centralized", recipe=(("norm", "instance"),)),
 )}

@@ -73,3 +73,34 @@ def test_half_batch_takes_twice_the_steps_per_epoch(spleen_site):
     steps = [SegmentationEngine(s, Runtime.create("cpu", num_threads=1)).train_data(items).batches_per_epoch
              for s in (card, half)]
     assert steps == [len(items) // 2, len(items)]
+
+
+def test_per_case_intensity_cancels_a_scanners_gain_and_offset(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from fedseg.bundle import preprocessing_config
+    from fedseg.transforms import eval_transforms
+
+    rng = np.random.default_rng(0)
+    tissue = np.full((40, 40, 20), -1000.0, np.float32)  # air around a block of soft tissue
+    tissue[8:32, 8:32, 4:16] = rng.uniform(0, 100, (24, 24, 12))
+    affine = np.diag([3.0, 3.0, 4.0, 1.0])  # already on the tiny variant's grid
+    paths = []
+    for name, volume in (("a", tissue), ("b", np.where(tissue > -500, tissue * 1.1 + 10, tissue))):
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), str(paths[-1]))
+    card = get_task("spleen", "tiny")
+    case = card.with_levers({"intensity": "case"})
+    assert case.levers == (("intensity", "case"),) and case.intensity.per_case
+    ours = [eval_transforms(case, with_label=False)({"image": str(p)})["image"] for p in paths]
+    theirs = [eval_transforms(card, with_label=False)({"image": str(p)})["image"] for p in paths]
+    assert (theirs[0] - theirs[1]).abs().max() > 0.03  # the card's window keeps the scanner's difference
+    assert (ours[0] - ours[1]).abs().max() < 1e-4
+    body = ours[0][ours[0] != 0]
+    assert abs(float(body.mean())) < 1e-4 and abs(float(body.std()) - 1) < 1e-2
+    # The bundle's inference config does the same.
+    assert preprocessing_config(case)[-2] == {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True}
+    assert all(step["_target_"] != "NormalizeIntensityd" for step in preprocessing_config(card))
+    with pytest.raises(ValueError, match="intensity=case applies to a CT window; task 'prostate'"):
+        get_task("prostate", "tiny", levers={"intensity": "case"})

@@ -51,6 +51,8 @@ def preprocessing_config(spec: TaskSpec) -> list[dict]:
     # As in fedseg.transforms: an MR z-score is negative in half the body, so MR is cropped first.
     crop_first = spec.crop_foreground and spec.intensity.kind == "zscore"
     steps += [crop, _intensity(spec)] if crop_first else [_intensity(spec)] + ([crop] if spec.crop_foreground else [])
+    if spec.intensity.per_case:
+        steps.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True})
     steps.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
     return steps
 
@@ -121,7 +123,7 @@ def metadata(spec: TaskSpec, class_names: tuple[str, ...], provenance: dict) -> 
             "inputs": {"image": {
                 "type": "image", "format": image_format, "modality": spec.modality,
                 "num_channels": spec.in_channels, "spatial_shape": list(spec.sw_roi), "dtype": "float32",
-                "value_range": [0, 1] if spec.intensity.kind == "window" else [],
+                "value_range": [0, 1] if spec.intensity.kind == "window" and not spec.intensity.per_case else [],
                 "is_patch_data": True, "channel_def": {str(i): m for i, m in enumerate(_channel_names(spec))},
             }},
             "outputs": {"pred": {

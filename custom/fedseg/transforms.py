@@ -52,6 +52,8 @@ def preprocessing(spec: TaskSpec, *, with_label: bool = True, track_meta: bool =
     steps.append(intensity_transform(spec))
     if spec.crop_foreground and spec.intensity.kind != "zscore":
         steps.append(crop)
+    if spec.intensity.per_case:  # on the window's 0..1, above its floor: air and fat stay 0
+        steps.append(mt.NormalizeIntensityd(IMAGE, nonzero=True))
     dtypes = (torch.float32, torch.uint8) if with_label else (torch.float32,)
     steps.append(mt.EnsureTyped(keys, dtype=dtypes, track_meta=track_meta))
     return steps

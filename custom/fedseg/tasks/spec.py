@@ -38,6 +38,9 @@ class IntensitySpec:
     a_max: float = 1.0
     subtrahend: float = 0.0
     divisor: float = 1.0
+    # After a window and the foreground crop, also z-score each case over its voxels above the
+    # window's floor (the ``intensity=case`` lever): a scanner's gain and offset cancel out.
+    per_case: bool = False
 
 
 @dataclass(frozen=True)
@@ -322,6 +325,14 @@ def _norm(kind: str):
     return lambda spec: replace(spec, network=replace(spec.network, norm=kind))
 
 
+def _per_case_intensity(spec: "TaskSpec") -> "TaskSpec":
+    """The window, then each case standardised on its own tissue (see :class:`IntensitySpec`)."""
+    if spec.intensity.kind != "window":
+        raise ValueError(f"recipe lever intensity=case applies to a CT window; task {spec.name!r} uses "
+                         f"{spec.intensity.kind!r}, which is already per case or fixed by design")
+    return replace(spec, intensity=replace(spec.intensity, per_case=True))
+
+
 def _half_batch(spec: "TaskSpec") -> "TaskSpec":
     """Half the volumes per step: twice the optimizer steps per epoch. On 2 equal sites a FedAvg round
     then moves the global model as many steps as the pooled run takes over the same epochs."""
@@ -334,7 +345,8 @@ LEVERS: dict = {
     "augment": {"card": lambda spec: spec, "scanner": _scanner_augment},
     "norm": {"batch": _norm("batch"), "instance": _norm("instance")},
     "batch": {"card": lambda spec: spec, "half": _half_batch},
+    "intensity": {"card": lambda spec: spec, "case": _per_case_intensity},
 }
-DEFAULTS = {"augment": "card", "norm": "batch", "batch": "card"}
+DEFAULTS = {"augment": "card", "norm": "batch", "batch": "card", "intensity": "card"}
 # Levers that change the network's structure: the server must build the same network.
 NETWORK_LEVERS = ("norm",)
