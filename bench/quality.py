@@ -51,6 +51,9 @@ class Method:
     # "seeded": the seed's random network (every method of a seed alike); "pretrained": a model trained
     # elsewhere first (:func:`_pretrained_model`), as a consortium starts from a published one.
     start: str = "seeded"
+    # Federated only: "exclude" keeps the normalization layers at each site (FedBN-style, the job's
+    # ``--privacy exclude``); the server's model then lacks them, so each site's own model is scored too.
+    privacy: str = "none"
 
     def spec(self, plan: "Plan"):
         from fedseg.tasks import get_task
@@ -85,6 +88,7 @@ METHODS = {m.name: m for m in (
     Method("fedavg_halfbatch", recipe=(("batch", "half"),)),  # the pooled run's step count (centralized_fedsteps)
     Method("centralized_halfbatch", "centralized", recipe=(("batch", "half"),)),  # does pooling gain as much?
     Method("fedavg_instancenorm", recipe=(("norm", "instance"),)),
+    Method("fedbn", privacy="exclude"),  # batch norm layers stay at each site (FedBN)
     Method("fedavg_casenorm", recipe=(("intensity", "case"),)),  # each case z-scored on its own tissue
     Method("centralized_casenorm", "centralized", recipe=(("intensity", "case"),)),
     Method("fedavg_pretrained", start="pretrained"),  # issue 13: rounds to a Dice bar from a pretrained start
@@ -167,10 +171,12 @@ def _pretrained_model(plan: Plan, root: Path) -> Path:
     from fedseg.data.synth import synthesize
     from fedseg.engine import Runtime, SegmentationEngine
 
-    path = root / "pretrained_start.pt"
+    # Named by what made it, so a rerun with other settings in the same work folder trains its own.
+    made = "_".join(f"{k}{v}" for k, v in PRETRAIN.items() if k != "threads")
+    path = root / f"pretrained_start_{plan.task}_{plan.variant}_{made}.pt"
     if path.is_file():
         return path
-    source = root / "pretrain_phantoms"
+    source = root / f"pretrain_phantoms_{PRETRAIN['cases']}_{PRETRAIN['seed']}_{PRETRAIN['phases']}"
     if not (source / "dataset.json").is_file():
         synthesize(plan.task, source, PRETRAIN["cases"], seed=PRETRAIN["seed"], workers=2, phases=PRETRAIN["phases"])
     spec = METHODS["fedavg"].spec(plan)
@@ -219,7 +225,7 @@ def _train(plan: Plan, method: Method, seed: int, data_root: Path, configs: dict
     local_epochs = method.local_epochs or plan.local_epochs
     job = JobSpec(plan.task, algorithm=method.algorithm, variant=plan.variant, num_rounds=plan.epochs // local_epochs,
                   local_epochs=local_epochs, min_clients=len(configs), seed=seed, algorithm_options=method.options,
-                  recipe=method.recipe)
+                  recipe=method.recipe, privacy=method.privacy)
     final = out / "workspace" / job.name / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
     if not final.is_file():
         simulate(job, n_sites=len(configs), data_dir=data_root, run_dir=out, cases=0, seed=seed,
@@ -250,23 +256,31 @@ def _score(plan: Plan, method: Method, model: Path, configs: dict[str, Path],
     return {site: _case_means(classes) for site, classes in per_case.items()}
 
 
-def _personal_models(out: Path, configs: dict[str, Path], spec) -> dict[str, Path]:
-    """Ditto: each site's personalised model as the site saved it in the simulator workspace."""
-    from fedseg.algorithms.ditto import PERSONAL
+def _site_model_kind(method: Method) -> str | None:
+    """Which model each site keeps of its own, to be scored beside the global one (None: none)."""
+    if method.algorithm == "ditto":
+        from fedseg.algorithms.ditto import PERSONAL
 
+        return PERSONAL
+    return "local" if method.privacy == "exclude" else None
+
+
+def _site_models(out: Path, configs: dict[str, Path], spec, kind: str) -> dict[str, Path]:
+    """Each site's own model of ``kind`` (Ditto's personalised one, FedBN's local one) as the site
+    saved it in the simulator workspace."""
     models = {}
     for site in configs:
-        found = sorted((out / "workspace").glob(f"*/{site}/fedseg/{spec.name}_{PERSONAL}_model.pt"))
+        found = sorted((out / "workspace").glob(f"*/{site}/fedseg/{spec.name}_{kind}_model.pt"))
         if len(found) != 1:
-            raise RuntimeError(f"{out}: expected one personalised model of {site}, found {len(found)}")
+            raise RuntimeError(f"{out}: expected one {kind} model of {site}, found {len(found)}")
         models[site] = found[0]
     return models
 
 
-def _personal_scores(plan: Plan, method: Method, out: Path, configs: dict[str, Path],
-                     seed: int) -> dict[str, dict[str, list[float | None]]]:
-    """Ditto's personalised models, per case: each on its own site's test cases (``own``), and each
-    site's cases scored by the other sites' models, averaged over them (``others``)."""
+def _site_model_scores(plan: Plan, method: Method, out: Path, configs: dict[str, Path],
+                       seed: int) -> dict[str, dict[str, list[float | None]]]:
+    """The sites' own models, per case: each on its own site's test cases (``own``), and each site's
+    cases scored by the other sites' models, averaged over them (``others``)."""
     from fedseg.engine import Runtime
     from fedseg.site_config import load_site_config
     from fedseg.site_data import open_site_data
@@ -274,7 +288,7 @@ def _personal_scores(plan: Plan, method: Method, out: Path, configs: dict[str, P
 
     spec = method.spec(plan)
     data = [open_site_data(spec, load_site_config(p)) for p in configs.values()]
-    per_case = score_cases(spec, _personal_models(out, configs, spec), data,
+    per_case = score_cases(spec, _site_models(out, configs, spec, _site_model_kind(method)), data,
                            Runtime.create("cpu", num_threads=plan.threads), seed=seed)
     means = {m: {site: _case_means(classes) for site, classes in by_site.items()} for m, by_site in per_case.items()}
     own = {site: means[site][site] for site in configs}
@@ -298,29 +312,36 @@ def run_plan(plan: Plan, work: Path) -> dict:
             for name in plan.methods:
                 method = METHODS[name]
                 init = _initial_model(plan, seed, root, method)
-                cached = root / name / f"seed{seed}" / "scores.json"
-                if cached.is_file():
-                    by_site = json.loads(cached.read_text())
-                else:
-                    log.warning("quality: %s, seed %d, %s", split_name, seed, name)
-                    model = _train(plan, method, seed, data_root, configs, init, root / name / f"seed{seed}")
-                    by_site = _score(plan, method, model, configs, seed)
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    cached.write_text(json.dumps(by_site))
-                scores[split_name].setdefault(name, {})[seed] = by_site
-                if method.algorithm == "ditto":  # its personalised models too, beside the global one
-                    cached = root / name / f"seed{seed}" / "personal_scores.json"
+                run = root / name / f"seed{seed}"
+                # FedBN's server model holds the initial normalization layers (the sites never sent
+                # theirs): nobody deploys it, so only the sites' own models are scored.
+                if method.privacy != "exclude":
+                    cached = run / "scores.json"
+                    if cached.is_file():
+                        by_site = json.loads(cached.read_text())
+                    else:
+                        log.warning("quality: %s, seed %d, %s", split_name, seed, name)
+                        model = _train(plan, method, seed, data_root, configs, init, run)
+                        by_site = _score(plan, method, model, configs, seed)
+                        cached.parent.mkdir(parents=True, exist_ok=True)
+                        cached.write_text(json.dumps(by_site))
+                    scores[split_name].setdefault(name, {})[seed] = by_site
+                kind = _site_model_kind(method)
+                if kind:  # the sites' own models (Ditto's personalised, FedBN's local ones)
+                    cached = run / f"{kind}_scores.json"
                     if not cached.is_file():
-                        cached.write_text(json.dumps(_personal_scores(plan, method, root / name / f"seed{seed}",
-                                                                      configs, seed)))
+                        log.warning("quality: %s, seed %d, %s (%s models)", split_name, seed, name, kind)
+                        _train(plan, method, seed, data_root, configs, init, run)  # reuses a finished run
+                        cached.write_text(json.dumps(_site_model_scores(plan, method, run, configs, seed)))
                     for view, by_site in json.loads(cached.read_text()).items():
-                        scores[split_name].setdefault(f"{name}_personal_{view}", {})[seed] = by_site
+                        scores[split_name].setdefault(f"{name}_{kind}_{view}", {})[seed] = by_site
     return {"plan": asdict(plan), "epochs": plan.epochs, "scores": scores, "summary": summarize(scores, plan)}
 
 
 def rounds_to_bar(work: Path, plan: Plan, bar: float) -> dict[str, dict[str, dict[int, int | None]]]:
     """Per split, federated method and seed: the first round whose global model reached ``bar``
-    validation Dice (the sites' validation cases, as the server aggregates them; None: never)."""
+    validation Dice (the sites' validation cases, as the server aggregates them; None: never). FedBN's
+    sites validate the global model with their own normalization layers, so its figure is theirs."""
     from fedseg.flare.results import round_records
 
     out: dict = {}
@@ -333,8 +354,9 @@ def rounds_to_bar(work: Path, plan: Plan, bar: float) -> dict[str, dict[str, dic
                     "*/server/simulate_job"))
                 if len(jobs) != 1:
                     continue
-                dice = [_val_dice(r) for r in round_records(jobs[0])]
-                first = next((r for r, d in enumerate(dice) if d is not None and d >= bar), None)
+                # The record's own round number: a round without metrics leaves no record.
+                first = next((int(r["round"]) for r in round_records(jobs[0])
+                              if (d := _val_dice(r)) is not None and d >= bar), None)
                 out.setdefault(split, {}).setdefault(name, {})[seed] = first
     return out
 

@@ -114,11 +114,13 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def recipe(task: str, *, loss: str | None = None, lr_schedule: str | None = None, crops: str | None = None):
-    """The tiny variant of ``task``, with the card's setting where asked (for the deviation re-checks)."""
+def recipe(task: str, *, loss: str | None = None, lr_schedule: str | None = None, crops: str | None = None,
+           levers: dict[str, str] | None = None):
+    """The tiny variant of ``task``, with the card's setting where asked (for the deviation re-checks)
+    and recipe levers (``fedseg.tasks.spec.LEVERS``, as ``fedseg train --recipe``)."""
     from fedseg.tasks import get_task
 
-    spec = get_task(task, "tiny")
+    spec = get_task(task, "tiny", levers=levers or None)
     changes: dict = {}
     if loss:
         changes["loss"] = loss
@@ -245,13 +247,15 @@ def rows(summary: dict) -> list[list]:
 
 
 def run(a: argparse.Namespace) -> dict:
-    spec = recipe(a.task, loss=a.loss, lr_schedule=a.lr_schedule, crops=a.crops)
+    levers = dict(getattr(a, "recipe", None) or [])
+    spec = recipe(a.task, loss=a.loss, lr_schedule=a.lr_schedule, crops=a.crops, levers=levers)
     schedule = SCHEDULES[a.schedule]
     work = Path(a.work).resolve()
     mix = a.phases or "default"
     randomise = getattr(a, "randomise", None)
     data_name = f"{a.task}_{a.schedule}_{mix}" + (f"_rand{randomise:g}" if randomise is not None else "")
-    tag = a.tag or data_name
+    overrides = [f"{k}-{v}" for k, v in (("loss", a.loss), ("lr", a.lr_schedule), ("crops", a.crops)) if v]
+    tag = a.tag or "_".join([data_name, *overrides, *(f"{k}-{v}" for k, v in sorted(levers.items()))])
     data = phantom_data(work / "data" / data_name, a.task, schedule, a.phases, randomise)
     scans = real_scans(Path(a.real))
     runs = []
@@ -267,7 +271,7 @@ def run(a: argparse.Namespace) -> dict:
         runs.append(trained)
     summary = {"task": a.task, "variant": "tiny", "tag": tag, "schedule": schedule.__dict__, "phases": mix,
                "randomise": randomise,
-               "recipe": {"loss": spec.loss, "lr_schedule": spec.lr_schedule,
+               "recipe": {"loss": spec.loss, "lr_schedule": spec.lr_schedule, "levers": dict(spec.levers),
                           "class_crop_ratios": spec.class_crop_ratios, "pos_neg_ratio": spec.pos_neg_ratio},
                "command": "python -m bench.sim_to_real " + " ".join(sys.argv[1:]), "runs": runs}
     (work / tag / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -296,6 +300,8 @@ HEAD = ["scan", "phase", "figure", "per seed", "mean ± sd"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedseg.tasks import recipe_lever
+
     p = argparse.ArgumentParser(prog="python -m bench.sim_to_real", description=__doc__.splitlines()[0])
     p.add_argument("--task", default="spleen", choices=("spleen", "liver"))
     p.add_argument("--schedule", default="suite", choices=sorted(SCHEDULES))
@@ -307,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"))
     p.add_argument("--crops", default=None, choices=("default", "card"),
                    help="card: foreground:background 1:1 crops instead of the task's class ratios")
+    p.add_argument("--recipe", action="append", default=None, type=recipe_lever, metavar="NAME=CHOICE",
+                   help="a recipe lever, as fedseg train --recipe (e.g. augment=scanner); repeatable")
     p.add_argument("--device", default="cpu")
     p.add_argument("--real", default=str(SHARED_REAL), help="folder of the shared real scans")
     p.add_argument("--work", default="runs/sim_to_real")

@@ -104,3 +104,32 @@ def test_per_case_intensity_cancels_a_scanners_gain_and_offset(tmp_path):
     assert all(step["_target_"] != "NormalizeIntensityd" for step in preprocessing_config(card))
     with pytest.raises(ValueError, match="intensity=case applies to a CT window; task 'prostate'"):
         get_task("prostate", "tiny", levers={"intensity": "case"})
+
+
+def test_per_case_intensity_still_crops_around_organs_darker_than_the_case_mean():
+    import numpy as np
+    import torch
+    from monai import transforms as mt
+
+    from fedseg.transforms import augmentation
+
+    # A z-scored case: the liver is the darker tissue, below 0, the tumour darker still; both far
+    # enough inside that a patch can be centred on them.
+    image = torch.zeros((1, 128, 128, 96))
+    image[0, 8:120, 8:120, 4:92] = 1.0
+    image[0, 64:120, 8:120, 4:92] = -0.8
+    label = torch.zeros((1, 128, 128, 96), dtype=torch.uint8)
+    label[0, 70:114, 20:108, 10:86] = 1
+    label[0, 86:96, 58:68, 42:52] = 2
+    image[label > 1] = -1.5
+    spec = get_task("liver", "tiny", levers={"intensity": "case"})
+    centres = []
+    crop = mt.Compose(augmentation(spec)[:2])  # the pad and the random crop
+    crop.set_random_state(seed=0)
+    for _ in range(20):
+        for patch in crop({"image": image, "label": label}):
+            c = tuple(s // 2 for s in patch["label"].shape[1:])
+            centres.append(int(patch["label"][(0, *c)]))
+    counts = np.bincount(centres, minlength=3)
+    # Every class is sampled as the recipe's ratios ask (1:1:2), none silently dropped.
+    assert counts[1] > 0.1 * counts.sum() and counts[2] > 0.3 * counts.sum(), counts

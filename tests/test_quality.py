@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
 
-from bench.quality import Plan, run_plan, summarize, table  # noqa: E402
+from bench.quality import Plan, _site_models, run_plan, summarize, table  # noqa: E402
 from bench.stats import interval, paired_difference  # noqa: E402
+from fedseg.checkpoint import load_model  # noqa: E402
+from fedseg.networks import NORM_LAYERS  # noqa: E402
+from fedseg.tasks import get_task  # noqa: E402
 
 
 def test_the_interval_covers_the_mean_and_narrows_with_more_cases():
@@ -76,15 +81,33 @@ def test_a_plan_is_checked(bad, message):
 @pytest.mark.slow
 def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp_path):
     # One seed: the bootstrap over seeds is checked above on made-up scores; this checks the real runs.
-    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg", "ditto"), seeds=(0,), rounds=1,
+    plan = Plan(splits=("scanner2",), methods=("centralized", "fedavg", "ditto", "fedbn"), seeds=(0,), rounds=1,
                 local_epochs=1, train_cases=2, val_cases=1, test_cases=2, resamples=100)
     result = run_plan(plan, tmp_path)
     scores = result["scores"]["scanner2"]
-    # Ditto's personalised models are scored too: each on its own site, and each site by the other's.
-    assert {"ditto_personal_own", "ditto_personal_others"} <= set(result["summary"]["scanner2"])
-    for method in ("centralized", "fedavg", "ditto", "ditto_personal_own", "ditto_personal_others"):
+    # The sites' own models are scored too (Ditto's personalised ones, FedBN's local ones with the
+    # site's own normalization layers): each on its own site, and each site by the other's.
+    own_models = {"ditto_personal_own", "ditto_personal_others", "fedbn_local_own", "fedbn_local_others"}
+    assert own_models <= set(result["summary"]["scanner2"])
+    assert "fedbn" not in scores  # its server model lacks normalization layers of its own: not scored
+    for method in ("centralized", "fedavg", "ditto", *sorted(own_models)):
         for seed in (0,):
             assert {site: len(v) for site, v in scores[method][seed].items()} == {"site-1": 2, "site-2": 2}
+    # FedBN: the server never received a normalization layer (its model keeps the initial ones) while
+    # every other layer was averaged; each site's model holds normalization statistics of its own.
+    spec = get_task("spleen", "tiny")
+    start = load_model(tmp_path / "scanner2" / "initial_seed0.pt", spec)
+    run = tmp_path / "scanner2" / "fedbn" / "seed0"
+    server = load_model(next(run.glob("workspace/*/server/simulate_job/app_server/FL_global_model.pt")), spec)
+    sites = [load_model(m, spec) for m in _site_models(run, {"site-1": None, "site-2": None}, spec, "local").values()]
+    norm = [k for k in start if re.search(NORM_LAYERS, k) and k.endswith("running_mean")]
+    other = [k for k in start if not re.search(NORM_LAYERS, k) and k.endswith("weight")]
+    assert norm and other
+    assert all(torch.equal(server[k], start[k]) for k in norm)
+    # Both sites trained the same steps on the same number of cases: the server's layers are their mean.
+    assert all(torch.allclose(server[k], (sites[0][k] + sites[1][k]) / 2, atol=1e-6) for k in other)
+    assert not all(torch.equal(server[k], start[k]) for k in other)
+    assert not torch.equal(sites[0][norm[0]], sites[1][norm[0]])
     row = result["summary"]["scanner2"]["fedavg"]
     assert row["pooled"]["seeds"] == 1 and row["pooled"]["cases"] >= 1
     assert all(math.isfinite(x) for x in row["minus_centralized"]["ci95"])
@@ -93,8 +116,9 @@ def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp
     # The round each federated run's global model first reached a validation Dice bar, from the server's records.
     from bench.quality import rounds_to_bar
 
-    assert rounds_to_bar(tmp_path, plan, 0.0) == {"scanner2": {"fedavg": {0: 0}, "ditto": {0: 0}}}
-    assert rounds_to_bar(tmp_path, plan, 1.01) == {"scanner2": {"fedavg": {0: None}, "ditto": {0: None}}}
+    federated = ("fedavg", "ditto", "fedbn")
+    assert rounds_to_bar(tmp_path, plan, 0.0) == {"scanner2": {m: {0: 0} for m in federated}}
+    assert rounds_to_bar(tmp_path, plan, 1.01) == {"scanner2": {m: {0: None} for m in federated}}
     # A second call reuses every finished run (scores are cached per split, method and seed).
     again = run_plan(plan, tmp_path)
     assert again["scores"] == result["scores"]
@@ -116,10 +140,8 @@ def test_a_lever_that_changes_the_network_gets_its_own_seeded_start(tmp_path):
 
 
 def test_a_pretrained_start_is_one_model_trained_on_other_phantoms(tmp_path, monkeypatch):
-    import torch
-
     from bench import quality
-    from fedseg.checkpoint import load_initial_model
+    from fedseg.checkpoint import load_initial_model, save_seeded_model
 
     monkeypatch.setitem(quality.PRETRAIN, "cases", 2)  # a smaller run of the same code
     monkeypatch.setitem(quality.PRETRAIN, "iterations", 2)
@@ -127,8 +149,12 @@ def test_a_pretrained_start_is_one_model_trained_on_other_phantoms(tmp_path, mon
     method = quality.METHODS["fedavg_pretrained"]
     first = quality._initial_model(plan, 0, tmp_path, method)
     assert quality._initial_model(plan, 1, tmp_path, method) == first  # every seed starts from it
-    info = json.loads((tmp_path / "pretrain_phantoms" / "dataset.json").read_text())
+    info = json.loads(next(tmp_path.glob("pretrain_phantoms_*/dataset.json")).read_text())
     assert len(info["training"]) == 2
-    seeded = load_initial_model(quality._initial_model(plan, 0, tmp_path, quality.METHODS["fedavg"]), method.spec(plan))
-    trained = load_initial_model(first, method.spec(plan))
-    assert any(not torch.equal(seeded[k], trained[k]) for k in seeded)
+    # Trained, not only another seed's network: it differs from the untrained network of its own seed.
+    spec = method.spec(plan)
+    untrained = load_initial_model(save_seeded_model(tmp_path / "untrained.pt", spec, quality.PRETRAIN["seed"]), spec)
+    trained = load_initial_model(first, spec)
+    assert any(not torch.equal(untrained[k], trained[k]) for k in untrained)
+    monkeypatch.setitem(quality.PRETRAIN, "iterations", 3)  # other settings: another model, not the cached one
+    assert quality._initial_model(plan, 0, tmp_path, method) != first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import contextlib
 import logging
 import signal
 import sys
@@ -241,16 +242,17 @@ def cmd_infer(a) -> int:
         if not image.is_dir():
             check_input(image, spec)
     predictor = Predictor(spec, Path(a.model), Runtime.create(a.device or "auto", precision=a.precision or "auto", num_threads=a.threads))
-    nifti = predictor.segment_files([(image, out) for image, out in pairs if not image.is_dir()])  # in order
-    for k, (image, out) in enumerate(pairs, start=1):
-        if image.is_dir():
-            from fedseg.infer_dicom import segment_series
+    # Closed on every way out, so that its read-ahead thread ends with the command, not at collection.
+    with contextlib.closing(predictor.segment_files([(i, o) for i, o in pairs if not i.is_dir()])) as nifti:
+        for k, (image, out) in enumerate(pairs, start=1):
+            if image.is_dir():
+                from fedseg.infer_dicom import segment_series
 
-            written = segment_series(predictor, image, out)
-        else:
-            written = [next(nifti)]
-        counter = f"[{k}/{len(pairs)}] " if len(pairs) > 1 else ""
-        print(f"{counter}{image}: wrote {', '.join(str(p) for p in written)}", flush=True)
+                written = segment_series(predictor, image, out)
+            else:
+                written = [next(nifti)]  # in order
+            counter = f"[{k}/{len(pairs)}] " if len(pairs) > 1 else ""
+            print(f"{counter}{image}: wrote {', '.join(str(p) for p in written)}", flush=True)
     return 0
 
 

@@ -62,15 +62,19 @@ def preprocessing(spec: TaskSpec, *, with_label: bool = True, track_meta: bool =
 def augmentation(spec: TaskSpec) -> list[mt.Transform]:
     """Random patch sampling (foreground:background as the spec says) and augmentation."""
     keys = [IMAGE, LABEL]
+    # Crop centres lie where the image is above 0: after a CT window, above its floor (not in air or
+    # fat). A case z-scored on its tissue is below 0 in half of it, darker organs and tumours
+    # included, so there every voxel of the foreground-cropped volume may be a centre.
+    threshold = float("-inf") if spec.intensity.per_case else 0.0
     if spec.class_crop_ratios is not None:
         crop = mt.RandCropByLabelClassesd(keys, label_key=LABEL, spatial_size=spec.patch_size,
                                           ratios=list(spec.class_crop_ratios), num_classes=spec.num_classes,
-                                          num_samples=spec.num_samples, image_key=IMAGE, image_threshold=0,
+                                          num_samples=spec.num_samples, image_key=IMAGE, image_threshold=threshold,
                                           warn=False)
     else:
         pos, neg = spec.pos_neg_ratio
         crop = mt.RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=spec.patch_size, pos=pos, neg=neg,
-                                         num_samples=spec.num_samples, image_key=IMAGE, image_threshold=0)
+                                         num_samples=spec.num_samples, image_key=IMAGE, image_threshold=threshold)
     # Volumes smaller than a patch are padded so that every crop has the patch's shape.
     steps: list[mt.Transform] = [mt.SpatialPadd(keys, spatial_size=spec.patch_size), crop]
     aug = spec.augment

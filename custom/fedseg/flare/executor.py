@@ -10,6 +10,9 @@ holds configuration only, so NVFlare's job validator marks it ``byoc: False``.
 
 from __future__ import annotations
 
+import logging
+
+import nvflare
 from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
 from nvflare.client.config import ExchangeFormat, TransferType
 
@@ -33,6 +36,9 @@ def shorten_result_polling(interval: float = RESULT_POLL_INTERVAL_S) -> bool:
     from nvflare.app_common.executors.client_api import in_process_backend
 
     if not isinstance(getattr(in_process_backend, "_RESULT_POLL_INTERVAL", None), (int, float)):
+        logging.getLogger("fedseg").warning(
+            "this NVFlare (%s) has no in_process_backend._RESULT_POLL_INTERVAL: its own poll interval stays, "
+            "each round waits for it", nvflare.__version__)
         return False
     in_process_backend._RESULT_POLL_INTERVAL = interval
     return True
