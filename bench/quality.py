@@ -80,6 +80,8 @@ METHODS = {m.name: m for m in (
     Method("fedopt_lr2_m0", algorithm="fedopt", options=(("server_lr", 2.0), ("server_momentum", 0.0))),
     Method("scaffold", algorithm="scaffold"),
     Method("ditto", algorithm="ditto"),
+    # Ditto's personalised models at the global model's budget: 4 epochs a round, not the default 1.
+    Method("ditto_e4", algorithm="ditto", options=(("epochs", 4),)),
     Method("fedavg_1epoch", local_epochs=1),
     # Data-side levers (issue 16, item 2): scanner-range intensity augmentation, instance norm (FedBN-like:
     # no running statistics to average), each for FedAvg and for the pooled baseline.
@@ -149,10 +151,20 @@ def _prepare_split(plan: Plan, split: Split, root: Path) -> tuple[Path, dict[str
         synthesize(plan.task, source, sum(counts), seed=1000 + sum(map(ord, split.name)), workers=2)
     lists = root / "lists"
     exact = dict(shares=counts, val_cases=plan.val_cases, test_cases=plan.test_cases)
-    if split.mode == "scanner":
-        written, data_root = scanner_split(source, split.sites, lists, seed=0, **exact), lists
+    data_root = lists if split.mode == "scanner" else source
+    # A split already made is reused, never rewritten: another measurement may be training on its
+    # files (a site that sees its data change under it leaves the job, as it should).
+    done, key = lists / "split_done.json", {"mode": split.mode, "sites": split.sites, **exact}
+    if done.is_file() and json.loads(done.read_text())["key"] == key:
+        written = {site: Path(p) for site, p in json.loads(done.read_text())["written"].items()}
     else:
-        written, data_root = split_dataset(source, split.sites, lists, seed=0, **exact), source
+        if split.mode == "scanner":
+            written = scanner_split(source, split.sites, lists, seed=0, **exact)
+        else:
+            written = split_dataset(source, split.sites, lists, seed=0, **exact)
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "written": {site: str(p) for site, p in written.items()}}))
+        tmp.replace(done)
     configs = {site: write_site_config(root / "site_configs" / f"{site}.yaml", site,
                                        {plan.task: (data_root, written[site])}, device="cpu",
                                        num_threads=plan.threads, cache_rate=1.0, num_workers=0)

@@ -119,9 +119,12 @@ def test_the_smallest_real_measurement_scores_every_method_on_the_same_cases(tmp
     federated = ("fedavg", "ditto", "fedbn")
     assert rounds_to_bar(tmp_path, plan, 0.0) == {"scanner2": {m: {0: 0} for m in federated}}
     assert rounds_to_bar(tmp_path, plan, 1.01) == {"scanner2": {m: {0: None} for m in federated}}
-    # A second call reuses every finished run (scores are cached per split, method and seed).
+    # A second call reuses every finished run (scores are cached per split, method and seed) and the
+    # split itself: its files are not rewritten under a measurement that may be reading them.
+    site_files = {f: f.stat().st_mtime_ns for f in (tmp_path / "scanner2" / "lists").rglob("*.nii.gz")}
     again = run_plan(plan, tmp_path)
     assert again["scores"] == result["scores"]
+    assert site_files and {f: f.stat().st_mtime_ns for f in site_files} == site_files
 
 
 def test_a_lever_that_changes_the_network_gets_its_own_seeded_start(tmp_path):
