@@ -155,8 +155,9 @@ def _prepare_split(plan: Plan, split: Split, root: Path) -> tuple[Path, dict[str
     # A split already made is reused, never rewritten: another measurement may be training on its
     # files (a site that sees its data change under it leaves the job, as it should).
     done, key = lists / "split_done.json", {"mode": split.mode, "sites": split.sites, **exact}
-    if done.is_file() and json.loads(done.read_text())["key"] == key:
-        written = {site: Path(p) for site, p in json.loads(done.read_text())["written"].items()}
+    made = json.loads(done.read_text()) if done.is_file() else {}
+    if made.get("key") == key:
+        written = {site: Path(p) for site, p in made["written"].items()}
     else:
         if split.mode == "scanner":
             written = scanner_split(source, split.sites, lists, seed=0, **exact)

@@ -263,12 +263,12 @@ def run(a: argparse.Namespace) -> dict:
     tag = a.tag or "_".join([data_name, *overrides, *(f"{k}-{v}" for k, v in sorted(levers.items()))])
     data = phantom_data(work / "data" / data_name, a.task, schedule, a.phases, randomise)
     scans = real_scans(Path(a.real))
+    lr_over_run = bool(a.lr_schedule)  # the suite schedule otherwise keeps the base rate
     runs = []
     for seed in a.seeds:
         out = work / tag / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
-        trained, runtime = train_one(spec, data, out, schedule, seed=seed, device=a.device,
-                                     lr_over_run=bool(a.lr_schedule))
+        trained, runtime = train_one(spec, data, out, schedule, seed=seed, device=a.device, lr_over_run=lr_over_run)
         trained["real"] = score_real(spec, Path(trained["model"]), scans, runtime)
         trained["seed"] = seed
         (out / "result.json").write_text(json.dumps(trained, indent=2) + "\n")
@@ -278,7 +278,7 @@ def run(a: argparse.Namespace) -> dict:
     summary = {"task": a.task, "variant": "tiny", "tag": tag, "schedule": schedule.__dict__, "phases": mix,
                "randomise": randomise,
                "recipe": {"loss": spec.loss, "levers": dict(spec.levers),
-                          "lr_schedule": spec.lr_schedule if (a.lr_schedule or schedule.epochs) else "constant (base)",
+                          "lr_schedule": spec.lr_schedule if (lr_over_run or schedule.epochs) else "constant (base)",
                           "class_crop_ratios": spec.class_crop_ratios, "pos_neg_ratio": spec.pos_neg_ratio},
                "command": "python -m bench.sim_to_real " + " ".join(sys.argv[1:]), "runs": runs}
     (work / tag / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
